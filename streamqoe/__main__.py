@@ -1,0 +1,5 @@
+import sys
+
+from streamqoe.cli import main
+
+sys.exit(main())
