@@ -1,0 +1,310 @@
+"""Root-cause localization: the smallest set of dimension-value slices that explains an anomaly.
+
+Pure numpy, no I/O. Works for ratio metrics (stall ratio = stalled / total: ``actual`` = stalled count
+of each leaf in the anomalous window, ``expected`` = its total × the leaf's baseline ratio) and for sums
+(``actual`` = the value, ``expected`` = its forecast).
+
+Method (a likelihood-ratio scan over the slice lattice, in the family of Kulldorff's scan statistic and
+HotSpot/Squeeze/RobustSpot, written from scratch):
+
+* A *leaf* is one combination of all dimension values; a *slice* fixes 1..``max_order`` dimensions.
+* Model for a set C of disjoint slices: every leaf in slice s ∈ C has mean ``expected × k_s``; every
+  leaf outside C has mean ``expected × k_out`` (one common drift factor, so a platform-wide shift in the
+  baseline is not blamed on any slice). Each k is the maximum-likelihood factor (Σ actual / Σ expected).
+* Under a Poisson (quasi-Poisson) likelihood the deviance of that model decomposes into per-slice sums,
+  so the gain of adding a slice is ``2·[V_s log(V_s/E_s) + V_r log(V_r/E_r) − V_o log(V_o/E_o)]`` where
+  o is the uncovered rest before and r after. A slice that holds the whole change has a large gain; a
+  coarser slice that also holds normal leaves fits them badly (its single factor is diluted), and a
+  finer slice leaves elevated leaves outside — so the exact cause wins (the "ripple" argument).
+* Greedy forward selection of disjoint slices, each required to be elevated (k_s > k_out), while the
+  gain beats a threshold. The threshold is calibrated on the data itself: the same scan is run on the
+  baseline windows (where there is no incident) and the largest gain seen there, times ``margin``, is
+  what a slice must beat. That is the false-alarm control: under the baseline's own noise, no slice
+  would have been reported.
+* Each added dimension in a slice costs ``order_cost`` of that threshold (Occam: prefer the coarser
+  slice unless the finer one explains clearly more).
+* Ranked alternatives (for top-k) come from starting the greedy search from each of the best first
+  slices and ordering the finished sets by their penalised deviance.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One dimension-value combination: ``items`` are (dimension index, value code) pairs, sorted."""
+
+    items: tuple[tuple[int, int], ...]
+
+    def mask(self, codes: IntArray) -> NDArray[np.bool_]:
+        """Boolean mask of the leaves (rows of ``codes``) inside this slice."""
+        m = np.ones(codes.shape[0], dtype=bool)
+        for dim, val in self.items:
+            m &= codes[:, dim] == val
+        return m
+
+    @property
+    def order(self) -> int:
+        """Number of dimensions fixed."""
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEffect:
+    """A slice in a result, with its evidence."""
+
+    slice: Slice
+    actual: float
+    """Σ actual over the slice's leaves (e.g. stalled viewers)."""
+    expected: float
+    """Σ expected over the slice's leaves under the baseline."""
+    factor: float
+    """actual / expected: how many times the baseline the slice ran at."""
+    gain: float
+    """Deviance reduction (in units of the dispersion) when this slice was added."""
+
+
+@dataclass(frozen=True, slots=True)
+class RankedSet:
+    """One candidate explanation: disjoint slices, best first within the set."""
+
+    slices: tuple[SliceEffect, ...]
+    cost: float
+    """Penalised deviance (lower is better); comparable only between sets of the same input."""
+    explained_share: float
+    """Share of the total excess (Σ actual − Σ expected·k_out over the slices) the set accounts for."""
+
+
+def _xlogx_ratio(v: FloatArray | float, e: FloatArray | float) -> FloatArray:
+    """v · log(v / e), with 0 · log 0 = 0; the building block of the Poisson deviance."""
+    v_a = np.asarray(v, dtype=np.float64)
+    e_a = np.maximum(np.asarray(e, dtype=np.float64), _EPS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(v_a > 0, v_a * np.log(np.maximum(v_a, _EPS) / e_a), 0.0)
+    return np.asarray(out, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cuboids:
+    """Every slice of order 1..max_order: its dimensions, value codes and the leaf → slice map."""
+
+    dims: tuple[tuple[int, ...], ...]
+    group_of_leaf: tuple[IntArray, ...]
+    values: tuple[IntArray, ...]  # per cuboid: (n_groups, order) value codes
+
+
+def _cuboids(codes: IntArray, max_order: int) -> _Cuboids:
+    n, d = codes.shape
+    dims_l: list[tuple[int, ...]] = []
+    groups: list[IntArray] = []
+    values: list[IntArray] = []
+    radix = codes.max(axis=0) + 1 if n else np.ones(d, dtype=np.int64)
+    for order in range(1, min(max_order, d) + 1):
+        for combo in itertools.combinations(range(d), order):
+            key = np.zeros(n, dtype=np.int64)
+            for c in combo:
+                key = key * int(radix[c]) + codes[:, c]
+            uniq, inv = np.unique(key, return_inverse=True)
+            vals = np.empty((uniq.size, order), dtype=np.int64)
+            rem = uniq.copy()
+            for j in range(order - 1, -1, -1):
+                r = int(radix[combo[j]])
+                vals[:, j] = rem % r
+                rem //= r
+            dims_l.append(combo)
+            groups.append(inv.astype(np.int64))
+            values.append(vals)
+    return _Cuboids(tuple(dims_l), tuple(groups), tuple(values))
+
+
+def _best_slices(
+    cub: _Cuboids,
+    actual: FloatArray,
+    expected: FloatArray,
+    free: NDArray[np.bool_],
+    order_cost: float,
+    limit: int,
+) -> list[tuple[float, float, Slice]]:
+    """The ``limit`` best slices disjoint from the covered leaves: (penalised gain, raw gain, slice)."""
+    vo = float(actual[free].sum())
+    eo = float(expected[free].sum())
+    base = float(_xlogx_ratio(vo, eo))
+    covered_w = (~free).astype(np.float64)
+    v_free = np.where(free, actual, 0.0)
+    e_free = np.where(free, expected, 0.0)
+    out: list[tuple[float, float, Slice]] = []
+    for dims, grp, vals in zip(cub.dims, cub.group_of_leaf, cub.values, strict=True):
+        ng = vals.shape[0]
+        vs = np.bincount(grp, weights=v_free, minlength=ng)
+        es = np.bincount(grp, weights=e_free, minlength=ng)
+        overlap = np.bincount(grp, weights=covered_w, minlength=ng)
+        vr = vo - vs
+        er = eo - es
+        gain = 2.0 * (_xlogx_ratio(vs, es) + _xlogx_ratio(vr, er) - base)
+        # elevated relative to the rest, not overlapping what is already chosen, not the whole space
+        ok = (overlap == 0) & (es > _EPS) & (er > _EPS) & (vs * er > vr * es) & (vs > 0)
+        pen = gain * (1.0 - order_cost * (len(dims) - 1))
+        idx = np.flatnonzero(ok)
+        if idx.size == 0:
+            continue
+        top = idx[np.argsort(-pen[idx])[:limit]]
+        for g in top:
+            sl = Slice(tuple((int(dm), int(vv)) for dm, vv in zip(dims, vals[g], strict=True)))
+            out.append((float(pen[g]), float(gain[g]), sl))
+    out.sort(key=lambda t: -t[0])
+    return out[:limit]
+
+
+def max_scan_gain(codes: IntArray, actual: FloatArray, expected: FloatArray, max_order: int = 3) -> float:
+    """Largest single-slice deviance gain on this input (used on baseline windows to calibrate)."""
+    cub = _cuboids(codes, max_order)
+    best = _best_slices(cub, actual, expected, np.ones(codes.shape[0], dtype=bool), 0.0, 1)
+    return best[0][1] if best else 0.0
+
+
+def localize(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    *,
+    threshold: float,
+    max_order: int = 3,
+    max_slices: int = 3,
+    order_cost: float = 0.1,
+    top_k: int = 5,
+    beam: int = 8,
+    rho: float = 0.3,
+    min_share: float = 0.5,
+    require_first: bool = False,
+    totals: FloatArray | None = None,
+) -> list[RankedSet]:
+    """Ranked explanations (best first) of where ``actual`` exceeds ``expected``.
+
+    ``codes``: (n_leaves, n_dims) integer value codes; ``actual``/``expected``: per-leaf counts (or
+    sums) in the anomalous window. ``threshold``: deviance gain a slice must exceed to be reported
+    (calibrate it with :func:`max_scan_gain` on baseline windows). Returns at most ``top_k`` sets; an
+    empty list when no slice beats the threshold.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    n = codes.shape[0]
+    if n == 0:
+        return []
+    cub = _cuboids(codes, max_order)
+    everything = np.ones(n, dtype=bool)
+    firsts = _best_slices(cub, actual, expected, everything, order_cost, beam)
+    if not require_first:
+        firsts = [f for f in firsts if f[0] > threshold]
+    results: dict[tuple[Slice, ...], RankedSet] = {}
+    for first in firsts:
+        chosen: list[tuple[float, float, Slice]] = [_generalise(codes, actual, expected, first, everything, rho, totals)]
+        free = ~chosen[0][2].mask(codes)
+        while len(chosen) < max_slices:
+            nxt = _best_slices(cub, actual, expected, free, order_cost, 1)
+            if not nxt or nxt[0][0] <= max(threshold, min_share * chosen[0][1]):
+                break
+            g = _generalise(codes, actual, expected, nxt[0], free, rho, totals)
+            chosen.append(g)
+            free &= ~g[2].mask(codes)
+        key = tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
+        if key in results:
+            continue
+        results[key] = _summarise(codes, actual, expected, chosen, free, threshold, totals, order_cost)
+    ranked = sorted(results.values(), key=lambda r: r.cost)
+    return ranked[:top_k]
+
+
+def _factor(v: float, e: float) -> float:
+    return v / e if e > _EPS else 1.0
+
+
+def _generalise(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    pick: tuple[float, float, Slice],
+    free: NDArray[np.bool_],
+    rho: float,
+    totals: FloatArray | None,
+) -> tuple[float, float, Slice]:
+    """Replace a slice by its parent (one dimension dropped) while the parent's other leaves are
+    elevated too — at least ``rho`` of the slice's own elevation over the leaves outside the parent —
+    or hold too little (< 5 % of the parent's expectation) to tell the two apart (Occam)."""
+    cur = pick
+    while cur[2].order > 1:
+        s_mask = cur[2].mask(codes) & free
+        k_s = _factor(float(actual[s_mask].sum()), float(expected[s_mask].sum()))
+        best: tuple[float, float, Slice] | None = None
+        for drop in range(cur[2].order):
+            parent = Slice(tuple(it for j, it in enumerate(cur[2].items) if j != drop))
+            p_mask = parent.mask(codes)
+            if (p_mask & ~free).any():
+                continue
+            rest = p_mask & ~s_mask
+            out = free & ~p_mask
+            e_r, e_p = float(expected[rest].sum()), float(expected[p_mask].sum())
+            if out.sum() == 0:
+                continue
+            k_o = _factor(float(actual[out].sum()), float(expected[out].sum()))
+            if totals is None:
+                k_r = _factor(float(actual[rest].sum()), e_r)
+                elevated = (k_r - k_o) >= rho * (k_s - k_o)
+            else:
+                # excess per unit of total (e.g. extra stall probability per viewer), additive scale
+                n_r, n_s = float(totals[rest].sum()), float(totals[s_mask].sum())
+                d_r = (float(actual[rest].sum()) - e_r * k_o) / max(n_r, _EPS)
+                d_s = (float(actual[s_mask].sum()) - float(expected[s_mask].sum()) * k_o) / max(n_s, _EPS)
+                elevated = d_r >= rho * d_s
+            if e_r < 0.05 * e_p or elevated:
+                vp, vo = float(actual[p_mask].sum()), float(actual[out].sum())
+                eo = float(expected[out].sum())
+                vf, ef = vp + vo, e_p + eo
+                gain = 2.0 * float(_xlogx_ratio(vp, e_p) + _xlogx_ratio(vo, eo) - _xlogx_ratio(vf, ef))
+                if best is None or gain > best[1]:
+                    best = (gain, gain, parent)
+        if best is None:
+            break
+        cur = best
+    return cur
+
+
+def _summarise(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    chosen: Sequence[tuple[float, float, Slice]],
+    free: NDArray[np.bool_],
+    threshold: float,
+    totals: FloatArray | None,
+    order_cost: float,
+) -> RankedSet:
+    vo = float(actual[free].sum())
+    eo = float(expected[free].sum())
+    k_out = vo / eo if eo > _EPS else 1.0
+    effects = []
+    dev_gain = 0.0
+    excess = 0.0
+    for pen, gain, sl in chosen:
+        m = sl.mask(codes)
+        v = float(actual[m].sum())
+        e = float(expected[m].sum())
+        effects.append(SliceEffect(sl, v, e, v / e if e > _EPS else float("inf"), gain))
+        dev_gain += pen
+        excess += max(v - e * k_out, 0.0)
+    total_excess = max(float(actual.sum() - expected.sum() * k_out), _EPS)
+    # penalised deviance relative to "no explanation": each slice costs the threshold
+    cost = -dev_gain + threshold * len(chosen)
+    return RankedSet(tuple(effects), cost, min(excess / total_excess, 1.0))
