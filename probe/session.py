@@ -1,0 +1,451 @@
+"""One probe session: join, watch for ``duration_s``, leave, and return the report.
+
+Failures are data: every way a join can fail ends in a Report with ``failure`` set, never an exception
+(an exception escaping here is a bug, and is reported as ``probe_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import structlog
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from probe import marker as frame_marker
+from probe.bitstream import FrameInfo
+from probe.ice import addresses_for_target, enlarge_receive_buffers, restrict_host_addresses
+from probe.report import (
+    AudioSummary,
+    Event,
+    JoinPhases,
+    Report,
+    ResolutionChange,
+    StreamStats,
+    Summary,
+    Target,
+    TimelineSample,
+    VideoSummary,
+)
+from probe.rtpstats import StreamCounter
+from probe.signaling import SignalingError, adapter_for_url
+from probe.signaling.base import Signaling
+from probe.tap import ReceiverTap, UndecodedFrame
+from probe.videostats import VideoStats, percentile
+
+log = structlog.get_logger()
+
+PROBE_VERSION = "0.1.0"
+AUDIO_GAP_MS = 200.0
+
+
+@dataclass
+class ProbeOptions:
+    url: str
+    duration_s: float = 10.0
+    decode: bool = True
+    region: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    probe_id: str = field(default_factory=lambda: socket.gethostname()[:64] or "probe")
+    codec: str | None = None
+    token: str | None = None
+    """Bearer token for the signaling server, if it needs one."""
+    connect_timeout_s: float = 10.0
+    """Bound from t0 to ICE and DTLS connected."""
+    media_timeout_s: float = 5.0
+    """Bound from DTLS connected to the first RTP packet, and to the first video frame."""
+    ice_servers: list[str] = field(default_factory=list)
+    """STUN/TURN URLs; empty by default: a probe never contacts a server it was not given."""
+    ice_addresses: list[str] | None = None
+    """Local addresses for host candidates; None = loopback for a loopback target, else all."""
+    latency_clock: str | None = None
+    """``same_host`` / ``ntp``; None = same_host for a loopback target, else ntp."""
+
+
+@dataclass
+class _AudioStats:
+    frames: int = 0
+    first_ms: float | None = None
+    last_ms: float | None = None
+    gaps: int = 0
+    gap_ms: float = 0.0
+
+    def on_frame(self, t_ms: float) -> None:
+        if self.first_ms is None:
+            self.first_ms = t_ms
+        elif self.last_ms is not None and t_ms - self.last_ms > AUDIO_GAP_MS:
+            self.gaps += 1
+            self.gap_ms += t_ms - self.last_ms
+        self.last_ms = t_ms
+        self.frames += 1
+
+
+def _strip_credentials(url: str) -> str:
+    p = urlsplit(url)
+    netloc = p.hostname or ""
+    if p.port:
+        netloc += f":{p.port}"
+    return urlunsplit((p.scheme, netloc, p.path, p.query, ""))
+
+
+class Session:
+    """State of one session; ``run()`` drives it and returns the Report."""
+
+    def __init__(
+        self,
+        opts: ProbeOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        signaling: Signaling | None = None,
+    ) -> None:
+        self.opts = opts
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.signaling = signaling
+        self.t0 = 0.0
+        self.started_at = ""
+        self.phases: dict[str, float | None] = dict.fromkeys(
+            ("signaling_ms", "ice_connected_ms", "dtls_connected_ms", "first_rtp_ms", "first_keyframe_ms",
+             "ttff_ms", "first_audio_ms"))
+        self.counters: dict[int, StreamCounter] = {}
+        self.video = VideoStats()
+        self.audio = _AudioStats()
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.failure: str | None = None
+        self.failure_message: str | None = None
+        self.rcvbuf_bytes: int | None = None
+        self._ice_state = asyncio.Event()
+        self._dtls_state = asyncio.Event()
+        self._first_rtp = asyncio.Event()
+        self._first_video = asyncio.Event()
+        self._ice_failed = False
+        self._dtls_failed = False
+        self.latency_clock = opts.latency_clock
+
+    def now_ms(self) -> float:
+        """Session time: ms since t0."""
+        return (self.clock() - self.t0) * 1000.0
+
+    def _fail(self, code: str, message: str) -> None:
+        if self.failure is None:
+            self.failure, self.failure_message = code, message
+            self.events.append((self.now_ms() / 1000.0, "failure", {"code": code}))
+
+    # --- callbacks from the taps -------------------------------------------------------------
+    def _on_first_rtp(self, t_ms: float) -> None:
+        if self.phases["first_rtp_ms"] is None:
+            self.phases["first_rtp_ms"] = t_ms
+        self._first_rtp.set()
+
+    def _on_assembled(self, kind: str, info: FrameInfo, t_ms: float) -> None:
+        if kind == "audio":
+            if self.phases["first_audio_ms"] is None:
+                self.phases["first_audio_ms"] = t_ms
+            self.audio.on_frame(t_ms)
+            return
+        self.video.on_assembled(t_ms, info.keyframe)
+        if info.keyframe and self.phases["first_keyframe_ms"] is None:
+            self.phases["first_keyframe_ms"] = t_ms
+
+    def _prepare(self, pc: Any) -> None:
+        for transceiver in pc.getTransceivers():
+            kind = transceiver.kind
+            ReceiverTap(
+                transceiver.receiver, kind, decode=self.opts.decode, now_ms=self.now_ms, counters=self.counters,
+                on_assembled=self._on_assembled, on_first_rtp=self._on_first_rtp,
+            ).install()
+            if kind == "video":
+                self._video_receiver = transceiver.receiver
+
+    # --- the video consumer ------------------------------------------------------------------
+    async def _consume_video(self) -> None:
+        track = self._video_receiver.track  # created by aiortc once the remote description is set
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            t = self.now_ms()
+            if isinstance(frame, UndecodedFrame):
+                w, h = frame.width, frame.height
+                if w is None and self.video.size is not None:
+                    w, h = self.video.size
+                self.video.on_frame(t, w, h, None, None)
+            else:
+                mk = _read_marker(frame)
+                wall = self.wall_clock() * 1000.0 if mk is not None else None
+                self.video.on_frame(t, frame.width, frame.height, mk, wall)
+            if self.phases["ttff_ms"] is None:
+                self.phases["ttff_ms"] = t
+                self._first_video.set()
+
+    async def _tick(self) -> None:
+        """Snapshot cumulative network counters at every whole second from t0."""
+        sec = 0
+        while True:
+            sec += 1
+            await asyncio.sleep(max(0.0, self.t0 + sec - self.clock()))
+            self._snapshot(sec)
+
+    def _snapshot(self, sec: int) -> None:
+        video = [c for c in self.counters.values() if c.kind == "video"]
+        self.samples.append({
+            "sec": sec,
+            "received": sum(c.packets_received for c in self.counters.values()),
+            "lost": sum(c.packets_lost for c in self.counters.values()),
+            "bytes": sum(c.payload_bytes for c in self.counters.values()),
+            "jitter_ms": video[0].jitter_ms if video and video[0].packets_received > 1 else None,
+        })
+
+    # --- the session ------------------------------------------------------------------------
+    async def run(self) -> Report:
+        self.t0 = self.clock()
+        self.started_at = datetime.fromtimestamp(self.wall_clock(), tz=UTC).isoformat(timespec="milliseconds")
+        self.started_at = self.started_at.replace("+00:00", "Z")
+        pc: RTCPeerConnection | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if self.signaling is None:
+                self.signaling = adapter_for_url(self.opts.url, codec=self.opts.codec, token=self.opts.token)
+            host = urlsplit(self.opts.url.split("+", 1)[-1]).hostname or ""
+            restrict_host_addresses(self.opts.ice_addresses or addresses_for_target(host))
+            if self.latency_clock is None:
+                self.latency_clock = "same_host" if addresses_for_target(host) else "ntp"
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(u) for u in self.opts.ice_servers]))
+            self._watch_states(pc)
+            tasks.append(asyncio.ensure_future(self._tick()))
+            await self._join(pc)
+            if self.failure is None:
+                tasks.append(asyncio.ensure_future(self._consume_video()))
+                await self._wait_connected_and_media()
+            if self.failure is None:
+                await asyncio.sleep(max(0.0, self.t0 + self.opts.duration_s - self.clock()))
+        except SignalingError as e:
+            self._fail(e.code, e.message)
+        except Exception as e:  # a bug in the probe: still a report
+            log.exception("probe_error")
+            self._fail("probe_error", f"{type(e).__name__}: {e}")
+        end_ms = self.now_ms()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.signaling is not None:
+            await self.signaling.leave()
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        return self._report(end_ms)
+
+    async def _join(self, pc: RTCPeerConnection) -> None:
+        assert self.signaling is not None
+        try:
+            await asyncio.wait_for(self.signaling.join(pc, self._prepare, self.now_ms), self.opts.connect_timeout_s)
+        except TimeoutError:
+            raise SignalingError("url_unreachable",
+                                 f"signaling did not complete within {self.opts.connect_timeout_s:g} s") from None
+        finally:
+            self.phases["signaling_ms"] = self.signaling.signaling_ms
+        self.rcvbuf_bytes = enlarge_receive_buffers(pc)
+
+    def _watch_states(self, pc: RTCPeerConnection) -> None:
+        @pc.on("iceconnectionstatechange")
+        def _ice() -> None:
+            state = pc.iceConnectionState
+            self.events.append((self.now_ms() / 1000.0, "connection_state", {"ice": state}))
+            if state in ("connected", "completed") and self.phases["ice_connected_ms"] is None:
+                self.phases["ice_connected_ms"] = self.now_ms()
+                self._ice_state.set()
+            elif state == "failed":
+                self._ice_failed = True
+                self._ice_state.set()
+
+        @pc.on("connectionstatechange")
+        def _conn() -> None:
+            state = pc.connectionState
+            self.events.append((self.now_ms() / 1000.0, "connection_state", {"peer": state}))
+            if state == "connected" and self.phases["dtls_connected_ms"] is None:
+                self.phases["dtls_connected_ms"] = self.now_ms()
+                self._dtls_state.set()
+            elif state == "failed":
+                self._dtls_failed = True
+                self._dtls_state.set()
+                self._ice_state.set()
+
+    async def _wait(self, event: asyncio.Event, deadline: float) -> bool:
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - self.clock()))
+            return True
+        except TimeoutError:
+            return False
+
+    async def _wait_connected_and_media(self) -> None:
+        o = self.opts
+        connect_deadline = self.t0 + o.connect_timeout_s
+        if not await self._wait(self._ice_state, connect_deadline) or (
+            self._ice_failed and self.phases["ice_connected_ms"] is None
+        ):
+            if self._ice_failed:
+                self._fail("ice_failed", "ICE failed: no candidate pair worked (firewall, wrong address?)")
+            else:
+                self._fail("ice_timeout", f"ICE did not connect within {o.connect_timeout_s:g} s of the join")
+            return
+        if not await self._wait(self._dtls_state, connect_deadline) or self._dtls_failed:
+            if self._dtls_failed:
+                self._fail("dtls_failed", "the DTLS handshake failed after ICE connected")
+            else:
+                self._fail("dtls_timeout", f"DTLS did not complete within {o.connect_timeout_s:g} s of the join")
+            return
+        media_deadline = self.clock() + o.media_timeout_s
+        if not await self._wait(self._first_rtp, media_deadline):
+            self._fail("no_media", f"connected, but no RTP arrived within {o.media_timeout_s:g} s")
+            return
+        if not await self._wait(self._first_video, media_deadline):
+            self._fail("no_video", f"RTP arrives, but no video frame was produced within {o.media_timeout_s:g} s")
+
+    # --- the report -------------------------------------------------------------------------
+    def _report(self, end_ms: float) -> Report:
+        assert self.signaling is not None or self.failure is not None
+        sig = self.signaling
+        target = Target(url=_strip_credentials(self.opts.url), signaling=sig.kind if sig else "whep",
+                        room=sig.room if sig else None)
+        self.video.finish(end_ms)
+        summary = Summary(
+            mode="decode" if self.opts.decode else "no-decode",
+            join=JoinPhases(**{k: (round(v, 1) if v is not None else None) for k, v in self.phases.items()}),
+            video=self._video_summary(end_ms) if self.video.frames_assembled or self.video.frames_rendered else None,
+            audio=AudioSummary(self.audio.frames, self.audio.gaps, round(self.audio.gap_ms, 1))
+            if self.audio.frames else None,
+            streams=tuple(self._stream_stats(c, end_ms) for c in sorted(self.counters.values(),
+                                                                        key=lambda c: (c.kind != "video", c.ssrc))),
+            rtt_ms=None,
+            unavailable=self._unavailable(),
+        )
+        events = sorted(self.events + self.video.events, key=lambda e: e[0])
+        return Report(
+            report_id=str(uuid.uuid4()),
+            probe_id=self.opts.probe_id,
+            probe_version=PROBE_VERSION,
+            started_at=self.started_at,
+            duration_s=round(end_ms / 1000.0, 3),
+            target=target,
+            summary=summary,
+            region=self.opts.region,
+            labels=dict(self.opts.labels),
+            failure=self.failure,
+            failure_message=self.failure_message,
+            timeline=self._timeline(end_ms),
+            events=tuple(Event(round(t, 3), typ, detail) for t, typ, detail in events[:100_000]),
+        )
+
+    def _unavailable(self) -> tuple[str, ...]:
+        out = ["rtt_ms"]  # a receive-only aiortc peer gets no RTT from RTCP (only the sender computes it)
+        if not self.opts.decode:
+            out += ["framesDecoded", "latency_p50_ms", "latency_p95_ms", "marker_repeated_frames",
+                    "marker_skipped_frames"]
+        return tuple(out)
+
+    def _video_summary(self, end_ms: float) -> VideoSummary:
+        v = self.video
+        freezes, freeze_s = v.freezes.totals("freeze")
+        pauses, pause_s = v.freezes.totals("pause")
+        watch_ms = v.watch_time_ms(end_ms)
+        decode = self.opts.decode
+        frames = v.frames_rendered
+        return VideoSummary(
+            framesReceived=v.frames_assembled,
+            framesDecoded=frames if decode else None,
+            keyframesReceived=v.keyframes,
+            freezeCount=freezes,
+            totalFreezesDuration=round(freeze_s, 3),
+            freeze_in_progress=v.freeze_in_progress,
+            pauseCount=pauses,
+            totalPausesDuration=round(pause_s, 3),
+            watch_time_s=round(watch_ms / 1000.0, 3),
+            stall_ratio=round(min(1.0, (freeze_s + pause_s) * 1000.0 / watch_ms), 5) if watch_ms > 0 else None,
+            stalls_per_minute=round((freezes + pauses) / (watch_ms / 60000.0), 3) if watch_ms > 0 else None,
+            fps_mean=round(frames / (watch_ms / 1000.0), 2) if watch_ms > 0 else None,
+            width=v.size[0] if v.size else None,
+            height=v.size[1] if v.size else None,
+            hd_share=None if v.hd_share(end_ms) is None else round(v.hd_share(end_ms) or 0.0, 4),
+            resolution_timeline=tuple(ResolutionChange(round(t, 3), w, h) for t, w, h in v.resolution_changes),
+            marker_frames=v.marker_frames,
+            marker_repeated_frames=v.marker_repeated if decode else None,
+            marker_skipped_frames=v.marker_skipped if decode else None,
+            latency_p50_ms=_round(percentile(v.latencies_ms, 50)),
+            latency_p95_ms=_round(percentile(v.latencies_ms, 95)),
+            latency_clock=self.latency_clock if v.latencies_ms else None,
+        )
+
+    def _stream_stats(self, c: StreamCounter, end_ms: float) -> StreamStats:
+        span_s = (end_ms - c.first_arrival_ms) / 1000.0 if c.first_arrival_ms is not None else 0.0
+        return StreamStats(
+            kind=c.kind, ssrc=c.ssrc, packetsReceived=c.packets_received, packetsLost=c.packets_lost,
+            loss_pct=_round(c.loss_pct(), 3), residual_loss_pct=_round(c.residual_loss_pct(), 3),
+            jitter_ms=round(c.jitter_ms, 3) if c.packets_received > 1 else None,
+            bitrate_kbps=round(c.payload_bytes * 8 / span_s / 1000.0, 1) if span_s > 0 else None,
+            nackCount=c.nack_count, pliCount=c.pli_count, retransmittedPacketsReceived=c.rtx_received,
+        )
+
+    def _timeline(self, end_ms: float) -> tuple[TimelineSample, ...]:
+        v = self.video
+        frozen = v.frozen_ms_by_second()
+        n = int(end_ms // 1000) + (1 if end_ms % 1000 > 0 else 0)
+        snaps = {s["sec"]: s for s in self.samples}
+        prev = {"received": 0, "lost": 0, "bytes": 0}
+        out = []
+        size = None
+        for sec in range(n):
+            snap = snaps.get(sec + 1)
+            if snap is None:  # the last, partial second: take the counters now
+                self._snapshot(sec + 1)
+                snap = self.samples[-1]
+            span = min(1.0, end_ms / 1000.0 - sec)
+            size = v.per_second_size.get(sec, size)
+            lat = v.per_second_latency.get(sec)
+            out.append(TimelineSample(
+                t_s=sec,
+                frames=v.per_second_frames.get(sec, 0),
+                frozen_ms=round(min(1000.0, frozen.get(sec, 0.0)), 1),
+                width=size[0] if size else None,
+                height=size[1] if size else None,
+                bitrate_kbps=round((snap["bytes"] - prev["bytes"]) * 8 / 1000.0 / span, 1) if span > 0 else None,
+                packets_received=snap["received"] - prev["received"],
+                packets_lost=snap["lost"] - prev["lost"],
+                jitter_ms=_round(snap["jitter_ms"], 3),
+                latency_ms=_round(percentile(lat, 50), 1) if lat else None,
+            ))
+            prev = snap
+        return tuple(out)
+
+
+def _round(v: float | None, nd: int = 1) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _read_marker(frame: Any) -> frame_marker.Marker | None:
+    """Marker from a decoded frame's luma plane, without copying the picture."""
+    try:
+        plane = frame.planes[0]
+        y = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[: frame.height, : frame.width]
+    except (ValueError, AttributeError, IndexError):
+        return None
+    return frame_marker.read(y)
+
+
+async def run_session(opts: ProbeOptions, **kwargs: Any) -> Report:
+    """Run one session and return its report (never raises for a failed join)."""
+    return await Session(opts, **kwargs).run()

@@ -1,0 +1,143 @@
+"""Taps on an aiortc ``RTCRtpReceiver``: the one module that touches aiortc internals.
+
+aiortc exposes no frame counters and its getStats() lets the RTX SSRC overwrite the media SSRC's
+entry, so the probe observes the receiver itself, per instance (no global patching):
+- every RTP packet before aiortc handles it (original vs RTX, via the negotiated codecs) → StreamCounter;
+- every RTCP packet it sends → NACK and PLI counts;
+- every complete encoded frame the jitter buffer hands to the decoder (its decoder queue is replaced
+  by ``_TapQueue``, whose ``put`` runs on the event loop) → assembled frames, keyframes, and in
+  no-decode mode the frame size read from the bitstream instead of decoding.
+Audio frames are counted at assembly and never decoded (nothing here needs PCM).
+Tested against aiortc 1.16; ``install`` fails loudly if the private names it needs are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+
+from probe.bitstream import FrameInfo, frame_info
+from probe.rtpstats import StreamCounter
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodedFrame:
+    """What no-decode mode hands to the track consumer in place of a decoded frame."""
+
+    width: int | None
+    height: int | None
+    keyframe: bool
+
+
+AssembledCallback = Callable[[str, FrameInfo, float], None]
+"""(kind, frame info, session time ms) for each complete encoded frame."""
+
+
+class _TapQueue(queue.Queue[Any]):
+    """Stands in for the receiver's decoder queue; ``put`` is called on the event loop thread."""
+
+    def __init__(self, tap: ReceiverTap) -> None:
+        super().__init__()
+        self._tap = tap
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:  # the receiver is stopping: let the decoder thread end
+            super().put(None)
+            return
+        codec, encoded = item
+        forward = self._tap.on_encoded_frame(codec.name, encoded.data)
+        if forward:
+            super().put(item)
+
+
+class ReceiverTap:
+    def __init__(
+        self,
+        receiver: Any,
+        kind: str,
+        *,
+        decode: bool,
+        now_ms: Callable[[], float],
+        counters: dict[int, StreamCounter],
+        on_assembled: AssembledCallback,
+        on_first_rtp: Callable[[float], None],
+    ) -> None:
+        self.receiver = receiver
+        self.kind = kind
+        self.decode = decode and kind == "video"
+        self.now_ms = now_ms
+        self.counters = counters
+        self.on_assembled = on_assembled
+        self.on_first_rtp = on_first_rtp
+        self._first_rtp = False
+
+    def install(self) -> None:
+        r = self.receiver
+        for name in ("_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc"):
+            if not hasattr(r, name):
+                raise RuntimeError(f"aiortc internals changed: RTCRtpReceiver has no {name}")
+        if getattr(r, "_RTCRtpReceiver__decoder_thread", None) is not None:
+            raise RuntimeError("tap must be installed before the receiver starts")
+        r._RTCRtpReceiver__decoder_queue = _TapQueue(self)
+        handle_rtp = r._handle_rtp_packet
+        send_rtcp = r._send_rtcp
+
+        async def tapped_rtp(packet: Any, arrival_time_ms: int) -> None:
+            self.on_rtp(packet)
+            await handle_rtp(packet, arrival_time_ms)
+
+        async def tapped_rtcp(packet: Any) -> None:
+            self.on_rtcp(packet)
+            await send_rtcp(packet)
+
+        r._handle_rtp_packet = tapped_rtp
+        r._send_rtcp = tapped_rtcp
+
+    def on_rtp(self, packet: Any) -> None:
+        now = self.now_ms()
+        if not self._first_rtp:
+            self._first_rtp = True
+            self.on_first_rtp(now)
+        codec = self.receiver._RTCRtpReceiver__codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        if codec.name.lower() == "rtx":
+            media = self.receiver._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)
+            counter = self.counters.get(media) if media is not None else None
+            if counter is not None and len(packet.payload) >= 2:
+                osn = int.from_bytes(packet.payload[:2], "big")
+                counter.add_rtx(osn, now, len(packet.payload) - 2)
+            return
+        counter = self.counters.get(packet.ssrc)
+        if counter is None:
+            counter = self.counters[packet.ssrc] = StreamCounter(self.kind, packet.ssrc, codec.clockRate)
+        counter.add_original(packet.sequence_number, packet.timestamp, now, len(packet.payload))
+
+    def on_rtcp(self, packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            c = self.counters.get(packet.media_ssrc)
+            if c is not None:
+                c.nack_count += 1
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+            c = self.counters.get(packet.media_ssrc)
+            if c is not None:
+                c.pli_count += 1
+
+    def on_encoded_frame(self, codec_name: str, data: bytes) -> bool:
+        """Record a complete encoded frame; True if it should go on to the decoder thread."""
+        now = self.now_ms()
+        if self.kind != "video":
+            self.on_assembled(self.kind, FrameInfo(False, None, None), now)
+            return False
+        info = frame_info(codec_name, data)
+        self.on_assembled("video", info, now)
+        if self.decode:
+            return True
+        track_queue: asyncio.Queue[Any] = self.receiver._track._queue
+        track_queue.put_nowait(UndecodedFrame(info.width, info.height, info.keyframe))
+        return False
