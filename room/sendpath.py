@@ -1,0 +1,247 @@
+"""The per-viewer send hook: impairments on real RTP packets, and the ground-truth record.
+
+Installed by replacing one viewer's ``RTCDtlsTransport._send_rtp`` (the last stop before SRTP), so
+loss, caps and delay hit every RTP packet the RTCRtpSenders produce, retransmissions (RTX) included.
+RTCP passes untouched. Per packet, in order: random loss, burst loss (both drawn for every packet so
+each model's state advances per packet), bandwidth cap (token bucket, tail drop beyond its queue),
+delay + jitter (order kept). Packets due now go straight out; the others wait in a delay line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from room.encoder import EncodedFrame
+from room.impairments import DelayJitter, GilbertElliott, RandomLoss, TokenBucket
+from room.schedule import Settings
+from room.truth import Freeze, FrameEvent, PacketCounts, ViewerTruth
+
+log = structlog.get_logger()
+
+SendRtp = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RtpHeader:
+    """The fixed RTP header fields the send path needs (RFC 3550 §5.1)."""
+
+    payload_type: int
+    marker: bool
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> RtpHeader:
+        """Parse the 12-byte fixed header; ValueError if ``data`` is not RTP version 2."""
+        if len(data) < 12 or data[0] >> 6 != 2:
+            raise ValueError("not an RTP v2 packet")
+        return cls(
+            payload_type=data[1] & 0x7F,
+            marker=bool(data[1] & 0x80),
+            sequence_number=int.from_bytes(data[2:4], "big"),
+            timestamp=int.from_bytes(data[4:8], "big"),
+            ssrc=int.from_bytes(data[8:12], "big"),
+        )
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTCP, not RTP, by the RFC 5761 rule aiortc uses (second byte is an RTCP packet type 192–208)."""
+    return len(data) >= 2 and 192 <= data[1] <= 208
+
+
+class SendPath:
+    """One viewer's send path. ``ssrcs`` must be set (``set_ssrcs``) before media flows."""
+
+    def __init__(
+        self,
+        truth: ViewerTruth,
+        rng: random.Random,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.truth = truth
+        self.rng = rng
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.settings = Settings()
+        self._random: RandomLoss | None = None
+        self._burst: GilbertElliott | None = None
+        self._bucket: TokenBucket | None = None
+        self._delay: DelayJitter | None = None
+        self._video_ssrc = self._rtx_ssrc = self._audio_ssrc = -1
+        self._current: EncodedFrame | None = None
+        self._current_after_freeze = False
+        self._last_sent_frame: EncodedFrame | None = None
+        self._last_video_wall_ms: float | None = None
+        self._last_size: tuple[int, int] | None = None
+        self._line: deque[tuple[float, SendRtp, bytes, str, EncodedFrame | None, bool]] = deque()
+        self._line_wakeup = asyncio.Event()
+        self._line_task: asyncio.Task[None] | None = None
+        self._last_release_ms = float("-inf")
+        self._closed = False
+
+    def set_ssrcs(self, video: int | None, rtx: int | None, audio: int | None) -> None:
+        """SSRCs of the video sender, its RTX stream and the audio sender (None if absent)."""
+        self._video_ssrc = -1 if video is None else video
+        self._rtx_ssrc = -1 if rtx is None else rtx
+        self._audio_ssrc = -1 if audio is None else audio
+
+    def install(self, dtls: Any) -> None:
+        """Route ``dtls._send_rtp`` (an aiortc RTCDtlsTransport) through this send path."""
+        original: SendRtp = dtls._send_rtp
+
+        async def send_rtp(data: bytes) -> None:
+            await self.send(original, data)
+
+        dtls._send_rtp = send_rtp
+
+    def apply(self, settings: Settings) -> None:
+        """Put ``settings`` in force (models are rebuilt, with fresh state, only when their parameters change)."""
+        old = self.settings
+        if settings.loss_pct != old.loss_pct or self._random is None:
+            self._random = RandomLoss(settings.loss_pct, self.rng) if settings.loss_pct > 0 else None
+        if settings.burst != old.burst:
+            self._burst = GilbertElliott(settings.burst, self.rng) if settings.burst else None
+        if (settings.cap_kbps, settings.queue_ms, settings.burst_bytes) != (old.cap_kbps, old.queue_ms, old.burst_bytes):
+            self._bucket = (
+                TokenBucket(settings.cap_kbps, settings.burst_bytes, settings.queue_ms) if settings.cap_kbps else None
+            )
+        if (settings.delay_ms, settings.jitter_ms) != (old.delay_ms, old.jitter_ms):
+            self._delay = (
+                DelayJitter(settings.delay_ms, settings.jitter_ms, self.rng)
+                if settings.delay_ms or settings.jitter_ms
+                else None
+            )
+        self.settings = settings
+
+    def frame_out(self, frame: EncodedFrame, after_freeze: bool) -> None:
+        """The video track is handing ``frame`` to the sender: the next video packets belong to it."""
+        self._current = frame
+        self._current_after_freeze = after_freeze
+
+    # -- per packet
+    async def send(self, original: SendRtp, data: bytes) -> None:
+        if is_rtcp(data) or len(data) < 12:
+            await original(data)
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        frame: EncodedFrame | None = None
+        after_freeze = False
+        if ssrc == self._video_ssrc:
+            kind, counts = "video", self.truth.video
+            frame, after_freeze = self._current, self._current_after_freeze
+        elif ssrc == self._audio_ssrc:
+            kind, counts = "audio", self.truth.audio
+        elif ssrc == self._rtx_ssrc:
+            kind, counts = "rtx", self.truth.rtx
+        else:
+            kind, counts = "other", self.truth.other
+        lost_random = self._random is not None and self._random.lost()
+        lost_burst = self._burst is not None and self._burst.lost()
+        if lost_random or lost_burst:
+            self._drop(counts, "random" if lost_random else "burst")
+            return
+        now_ms = self.clock() * 1000
+        at_ms = now_ms
+        if self._bucket is not None:
+            depart = self._bucket.admit(now_ms, len(data))
+            if depart is None:
+                self._drop(counts, "cap")
+                return
+            at_ms = depart
+        if self._delay is not None:
+            at_ms = self._delay.release_ms(at_ms)
+        if at_ms <= now_ms and not self._line:
+            await original(data)
+            self._record(kind, counts, len(data), frame, after_freeze)
+            return
+        at_ms = max(at_ms, self._last_release_ms)
+        self._last_release_ms = at_ms
+        self._line.append((at_ms, original, data, kind, frame, after_freeze))
+        self._line_wakeup.set()
+        if self._line_task is None:
+            self._line_task = asyncio.create_task(self._run_line())
+
+    def _drop(self, counts: PacketCounts, cause: str) -> None:
+        counts.packets_dropped += 1
+        self.truth.dropped_by[cause] += 1
+
+    async def _run_line(self) -> None:
+        """Send delayed packets when due (release times are non-decreasing)."""
+        counts = {"video": self.truth.video, "audio": self.truth.audio, "rtx": self.truth.rtx, "other": self.truth.other}
+        while not self._closed:
+            if not self._line:
+                self._line_wakeup.clear()
+                await self._line_wakeup.wait()
+                continue
+            at_ms, original, data, kind, frame, after_freeze = self._line[0]
+            wait_s = (at_ms - self.clock() * 1000) / 1000
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            self._line.popleft()
+            try:
+                await original(data)
+            except ConnectionError:
+                continue
+            self._record(kind, counts[kind], len(data), frame, after_freeze)
+
+    def _record(self, kind: str, counts: PacketCounts, size: int, frame: EncodedFrame | None, after_freeze: bool) -> None:
+        counts.packets_sent += 1
+        counts.bytes_sent += size
+        if kind != "video" or frame is None:
+            return
+        truth = self.truth
+        now_ms = self.wall_clock() * 1000
+        if frame is not self._last_sent_frame:  # the first packet of a frame
+            self._last_sent_frame = frame
+            truth.frames_sent += 1
+            truth.last_marker_seq = frame.seq
+            if truth.first_video_packet is None:
+                truth.first_video_packet = FrameEvent(now_ms, frame.seq)
+            if frame.keyframe:
+                truth.keyframes_sent += 1
+                if truth.first_keyframe is None:
+                    truth.first_keyframe = FrameEvent(now_ms, frame.seq)
+            if (frame.width, frame.height) != self._last_size:
+                self._last_size = (frame.width, frame.height)
+                truth.resolution_changes.append(
+                    {"t_ms": round(now_ms, 1), "width": frame.width, "height": frame.height,
+                     "rendition": frame.rendition, "marker_seq": frame.seq}
+                )
+            if after_freeze:
+                open_freeze = next((f for f in reversed(truth.freezes) if f.end_ms is None), None)
+                if open_freeze is not None:
+                    open_freeze.start_ms = self._last_video_wall_ms
+                    open_freeze.end_ms = now_ms
+                    open_freeze.resume_marker_seq = frame.seq
+        self._last_video_wall_ms = now_ms
+
+    def freeze_scheduled(self, frozen: bool) -> None:
+        """The schedule froze (True) or released (False) the video now."""
+        now_ms = self.wall_clock() * 1000
+        if frozen:
+            self.truth.freezes.append(Freeze(scheduled_start_ms=now_ms))
+        elif self.truth.freezes and self.truth.freezes[-1].scheduled_end_ms is None:
+            self.truth.freezes[-1].scheduled_end_ms = now_ms
+
+    async def close(self) -> None:
+        """Stop the delay line (queued packets are discarded)."""
+        self._closed = True
+        if self._line_task is not None:
+            self._line_task.cancel()
+            try:
+                await self._line_task
+            except asyncio.CancelledError:
+                pass
+            self._line_task = None
+        self._line.clear()

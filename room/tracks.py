@@ -1,0 +1,165 @@
+"""Light per-viewer tracks that yield the shared encoders' packets to a viewer's RTCRtpSender.
+
+aiortc's sender accepts an ``av.Packet`` from ``track.recv()`` and only packetizes it. The video
+track never hands over an inter frame before the viewer's first keyframe (or after a freeze, a
+backlog flush or a rendition switch), and asks its encoder for a keyframe in each of those cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from room.encoder import EncodedFrame, SharedAudioEncoder, SharedSource, SharedVideoEncoder
+
+MAX_BACKLOG_FRAMES = 30
+"""Frames queued for a viewer beyond which the queue is flushed and the viewer restarts at a keyframe."""
+
+
+class FrameObserver(Protocol):
+    """Told which frame the sender is about to packetize (the send path attributes packets to it)."""
+
+    def frame_out(self, frame: EncodedFrame, after_freeze: bool) -> None: ...
+
+
+class ViewerVideoTrack(MediaStreamTrack):
+    """The shared video of one rendition, as seen by one viewer (freezes and switches included)."""
+
+    kind = "video"
+
+    def __init__(self, source: SharedVideoEncoder, observer: FrameObserver | None = None) -> None:
+        super().__init__()
+        self.source = source
+        self.pending: SharedVideoEncoder | None = None
+        self.observer = observer
+        self.frozen = False
+        self.frames_out = 0
+        self.frames_dropped_frozen = 0
+        self.backlog_flushes = 0
+        self._queue: asyncio.Queue[tuple[SharedSource, EncodedFrame] | None] = asyncio.Queue()
+        self._need_keyframe = True
+        self._after_freeze = False
+        self._subscribed = False
+
+    # -- called by the encoders
+    def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG_FRAMES:
+            self._flush_backlog()
+        self._queue.put_nowait((source, frame))
+
+    def _flush_backlog(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self.backlog_flushes += 1
+        self._need_keyframe = True
+        self.source.request_keyframe("backlog")
+
+    # -- called by the viewer's schedule
+    def set_frozen(self, frozen: bool) -> None:
+        """Stop (True) or resume (False) handing video frames to the sender; resume at a keyframe."""
+        if frozen == self.frozen:
+            return
+        self.frozen = frozen
+        if not frozen:
+            self._need_keyframe = True
+            self._after_freeze = True
+            if self._subscribed:
+                self.source.request_keyframe("freeze")
+
+    def switch_to(self, target: SharedVideoEncoder) -> None:
+        """Move to ``target``'s rendition at its next keyframe (keep the current one until then)."""
+        if self.pending is not None and self.pending is not target:
+            self.pending.unsubscribe(self)
+            self.pending = None
+        if target is self.source:
+            return
+        if not self._subscribed:
+            self.source = target
+            return
+        self.pending = target
+        target.subscribe(self)
+        target.request_keyframe("switch")
+
+    def request_keyframe(self) -> None:
+        """PLI/FIR from the viewer (installed as the RTCRtpSender's ``_send_keyframe``)."""
+        (self.pending or self.source).request_keyframe("pli")
+
+    # -- called by the RTCRtpSender
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._subscribed:
+            self._subscribed = True
+            self.source.subscribe(self)
+            self.source.request_keyframe("join")
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                raise MediaStreamError
+            src, frame = item
+            if self.frozen:
+                self.frames_dropped_frozen += 1
+                continue
+            if src is self.pending:
+                if not frame.keyframe:
+                    continue
+                self.source.unsubscribe(self)
+                self.source, self.pending = self.pending, None
+                self._need_keyframe = False
+            elif src is not self.source:
+                continue  # a frame of the rendition we just left
+            elif self._need_keyframe:
+                if not frame.keyframe:
+                    continue
+                self._need_keyframe = False
+            self.frames_out += 1
+            if self.observer is not None:
+                self.observer.frame_out(frame, self._after_freeze)
+            self._after_freeze = False
+            return frame.packet
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self.source.unsubscribe(self)
+            if self.pending is not None:
+                self.pending.unsubscribe(self)
+            self._queue.put_nowait(None)
+        super().stop()
+
+
+class ViewerAudioTrack(MediaStreamTrack):
+    """The room's shared Opus tone for one viewer."""
+
+    kind = "audio"
+
+    def __init__(self, source: SharedAudioEncoder) -> None:
+        super().__init__()
+        self.source = source
+        self._queue: asyncio.Queue[EncodedFrame | None] = asyncio.Queue()
+        self._subscribed = False
+
+    def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None:
+        if self._queue.qsize() >= 4 * MAX_BACKLOG_FRAMES:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        if not self._subscribed:
+            self._subscribed = True
+            self.source.subscribe(self)
+        frame = await self._queue.get()
+        if frame is None:
+            raise MediaStreamError
+        return frame.packet
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self.source.unsubscribe(self)
+            self._queue.put_nowait(None)
+        super().stop()

@@ -1,0 +1,120 @@
+"""Ground truth: what the room actually sent to each viewer, for ``GET /rooms/<room>/truth``.
+
+Recorded on the send path (after impairments), so a probe's measurements can be checked against it.
+Times are wall-clock ms since the Unix epoch. Field meanings: docs/scenario.md, "Ground truth".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class PacketCounts:
+    """RTP packets of one kind handed to the transport (sent) or discarded by an impairment (dropped)."""
+
+    packets_sent: int = 0
+    packets_dropped: int = 0
+    bytes_sent: int = 0
+    """RTP bytes (header + payload, before SRTP) of the packets sent."""
+
+    def to_dict(self) -> dict[str, int]:
+        return {"packets_sent": self.packets_sent, "packets_dropped": self.packets_dropped, "bytes_sent": self.bytes_sent}
+
+
+@dataclass(slots=True)
+class FrameEvent:
+    """A frame's first packet leaving the room."""
+
+    wall_ms: float
+    marker_seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall_ms": round(self.wall_ms, 1), "marker_seq": self.marker_seq}
+
+
+@dataclass(slots=True)
+class Freeze:
+    """A scheduled freeze and what it did on the wire."""
+
+    scheduled_start_ms: float
+    """When the schedule froze the video (wall ms)."""
+    scheduled_end_ms: float | None = None
+    """When the schedule released it (wall ms); None while still frozen."""
+    start_ms: float | None = None
+    """Last video media packet sent before the gap (wall ms); None if none was sent before."""
+    end_ms: float | None = None
+    """First video media packet sent after the gap, i.e. the resume keyframe (wall ms); None if not yet."""
+    resume_marker_seq: int | None = None
+    """Marker seq of the keyframe that ended the freeze."""
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 1)
+
+        return {
+            "scheduled_start_ms": r(self.scheduled_start_ms),
+            "scheduled_end_ms": r(self.scheduled_end_ms),
+            "start_ms": r(self.start_ms),
+            "end_ms": r(self.end_ms),
+            "duration_ms": None if self.start_ms is None or self.end_ms is None else r(self.end_ms - self.start_ms),
+            "resume_marker_seq": self.resume_marker_seq,
+        }
+
+
+@dataclass(slots=True)
+class ViewerTruth:
+    """Everything the room did for one viewer."""
+
+    id: str
+    labels: dict[str, str]
+    joined_ms: float
+    """Wall ms when the WHEP POST was accepted."""
+    left_ms: float | None = None
+    """Wall ms when the viewer left (DELETE, connection failed/closed, room shutdown)."""
+    leave_reason: str | None = None
+    connection_states: list[tuple[float, str]] = field(default_factory=list)
+    first_video_packet: FrameEvent | None = None
+    first_keyframe: FrameEvent | None = None
+    video: PacketCounts = field(default_factory=PacketCounts)
+    """Media SSRC, first transmissions."""
+    rtx: PacketCounts = field(default_factory=PacketCounts)
+    """Video retransmissions (RTX SSRC)."""
+    audio: PacketCounts = field(default_factory=PacketCounts)
+    other: PacketCounts = field(default_factory=PacketCounts)
+    dropped_by: Counter[str] = field(default_factory=Counter)
+    """Drops by cause: ``random``, ``burst``, ``cap``."""
+    frames_sent: int = 0
+    keyframes_sent: int = 0
+    last_marker_seq: int | None = None
+    freezes: list[Freeze] = field(default_factory=list)
+    resolution_changes: list[dict[str, Any]] = field(default_factory=list)
+    settings: list[dict[str, Any]] = field(default_factory=list)
+    """Timeline of the impairment settings in force: {t_ms, ...settings}."""
+    pli_received: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "labels": dict(self.labels),
+            "joined_ms": round(self.joined_ms, 1),
+            "left_ms": None if self.left_ms is None else round(self.left_ms, 1),
+            "leave_reason": self.leave_reason,
+            "connection_states": [{"t_ms": round(t, 1), "state": s} for t, s in self.connection_states],
+            "first_video_packet": self.first_video_packet.to_dict() if self.first_video_packet else None,
+            "first_keyframe": self.first_keyframe.to_dict() if self.first_keyframe else None,
+            "video": self.video.to_dict(),
+            "rtx": self.rtx.to_dict(),
+            "audio": self.audio.to_dict(),
+            "other_rtp": self.other.to_dict(),
+            "dropped_by": dict(self.dropped_by),
+            "frames_sent": self.frames_sent,
+            "keyframes_sent": self.keyframes_sent,
+            "last_marker_seq": self.last_marker_seq,
+            "freezes": [f.to_dict() for f in self.freezes],
+            "resolution_changes": list(self.resolution_changes),
+            "settings": list(self.settings),
+            "pli_received": self.pli_received,
+        }
