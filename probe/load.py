@@ -1,0 +1,135 @@
+"""``streamqoe load``: a fleet of probes in several processes, for pre-promotion load checks.
+
+N sessions are spread over P worker processes (each an asyncio loop running its share concurrently,
+joins staggered); every session produces a normal report. The fleet summary gives joins by outcome,
+TTFF percentiles, freezes, fps, and the CPU each process used (CPU-seconds per wall-second, from
+``resource.getrusage`` of the worker), so capacity is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probe.videostats import percentile
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    reports: list[dict[str, Any]]
+    cpu_s: float
+    """User + system CPU seconds this worker process used while its sessions ran."""
+    wall_s: float
+
+
+async def _run_many(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
+                    labels: dict[str, str], first_index: int) -> list[dict[str, Any]]:
+    from probe.session import ProbeOptions, run_session
+
+    async def one(i: int) -> dict[str, Any]:
+        await asyncio.sleep(i * stagger_s)
+        opts = ProbeOptions(url=url, duration_s=duration_s, decode=decode, labels=dict(labels),
+                            probe_id=f"load-{first_index + i}")
+        return (await run_session(opts)).to_dict()
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def _worker(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
+            labels: dict[str, str], first_index: int) -> WorkerResult:
+    import logging
+
+    logging.disable(logging.WARNING)  # a fleet's per-session warnings would drown the summary
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    reports = asyncio.run(_run_many(url, n, duration_s, decode, stagger_s, labels, first_index))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return WorkerResult(reports, cpu, time.monotonic() - t0)
+
+
+def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decode: bool = True,
+              stagger_s: float = 0.05, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``probes`` sessions over ``processes`` workers; returns the fleet summary with all reports."""
+    processes = max(1, min(processes, probes))
+    shares = [probes // processes + (1 if i < probes % processes else 0) for i in range(processes)]
+    ctx = multiprocessing.get_context("spawn")  # no aiortc threads or loops inherited by fork
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
+        futures = []
+        first = 0
+        for share in shares:
+            futures.append(pool.submit(_worker, url, share, duration_s, decode, stagger_s, labels or {}, first))
+            first += share
+        results = [f.result() for f in futures]
+    wall = time.monotonic() - t0
+    return summarize(results, probes=probes, wall_s=wall, decode=decode)
+
+
+def summarize(results: list[WorkerResult], *, probes: int, wall_s: float, decode: bool) -> dict[str, Any]:
+    """Fleet summary: joins by outcome, TTFF p50/p95 (ms), freezes, fps, CPU % per probe."""
+    reports = [r for w in results for r in w.reports]
+    ok = [r for r in reports if r["failure"] is None]
+    failures: dict[str, int] = {}
+    for r in reports:
+        if r["failure"]:
+            failures[r["failure"]] = failures.get(r["failure"], 0) + 1
+    ttff = [r["summary"]["join"]["ttff_ms"] for r in ok if r["summary"]["join"]["ttff_ms"] is not None]
+    videos = [r["summary"]["video"] for r in ok if r["summary"]["video"]]
+    cpu_s = sum(w.cpu_s for w in results)
+    session_wall = max((w.wall_s for w in results), default=0.0)
+    return {
+        "probes": probes,
+        "processes": len(results),
+        "mode": "decode" if decode else "no-decode",
+        "joined": len(ok),
+        "failures": failures,
+        "ttff_p50_ms": percentile(ttff, 50),
+        "ttff_p95_ms": percentile(ttff, 95),
+        "fps_mean": sum(v["fps_mean"] or 0 for v in videos) / len(videos) if videos else None,
+        "freezes_total": sum(v["freezeCount"] for v in videos),
+        "probes_with_freezes": sum(1 for v in videos if v["freezeCount"]),
+        "loss_pct_mean": _mean([s["loss_pct"] for r in ok for s in r["summary"]["streams"]
+                                if s["kind"] == "video" and s["loss_pct"] is not None]),
+        "cpu_s": round(cpu_s, 2),
+        "session_wall_s": round(session_wall, 2),
+        "cpu_pct_per_probe": round(100.0 * cpu_s / session_wall / probes, 2) if session_wall and probes else None,
+        "wall_s": round(wall_s, 2),
+        "reports": reports,
+    }
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="WHEP URL every probe joins")
+    p.add_argument("--probes", type=int, default=10, help="number of concurrent sessions (default 10)")
+    p.add_argument("--processes", type=int, default=multiprocessing.cpu_count(), help="worker processes")
+    p.add_argument("--duration", type=float, default=20.0, help="session length, seconds")
+    p.add_argument("--no-decode", action="store_true", help="probes count frames without decoding")
+    p.add_argument("--stagger", type=float, default=0.05, help="seconds between joins within a worker")
+    p.add_argument("--json", metavar="FILE", help="write the summary with every report here")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.probes < 1 or args.processes < 1:
+        print("streamqoe load: --probes and --processes must be ≥ 1", file=sys.stderr)
+        return 2
+    summary = run_fleet(args.url, args.probes, args.processes, args.duration, decode=not args.no_decode,
+                        stagger_s=args.stagger)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    brief = {k: v for k, v in summary.items() if k != "reports"}
+    print(json.dumps(brief, indent=1))
+    return 0 if summary["joined"] == args.probes else 1
