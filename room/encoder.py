@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fractions
 import math
 import time
@@ -42,7 +43,7 @@ PLI_MIN_INTERVAL_S = 0.3
 class EncodedFrame:
     """One encoded frame, shared by all viewers of its source (treat as read-only)."""
 
-    packet: av.Packet
+    packet: av.Packet  # type: ignore[type-arg]
     """The encoded frame; ``pts`` in ``time_base`` units since room start."""
     kind: str
     """``video`` or ``audio``."""
@@ -113,10 +114,8 @@ class SharedSource:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def _run(self) -> None:
@@ -159,7 +158,9 @@ class SharedSource:
             "subscribers": self.subscriber_count,
             "frames_encoded": self.frames_encoded,
             "ticks_skipped": self.ticks_skipped,
-            "encode_ms_avg": round(1000 * self.encode_s_total / self.frames_encoded, 3) if self.frames_encoded else None,
+            "encode_ms_avg": round(1000 * self.encode_s_total / self.frames_encoded, 3)
+            if self.frames_encoded
+            else None,
         }
 
 
@@ -236,13 +237,17 @@ class SharedVideoEncoder(SharedSource):
         wall_clock: Callable[[], float] = time.time,
         threads: int = 1,
     ) -> None:
-        super().__init__(f"{room}/{rendition.name}", 1.0 / rendition.fps, epoch=epoch, clock=clock, wall_clock=wall_clock)
+        super().__init__(
+            f"{room}/{rendition.name}", 1.0 / rendition.fps, epoch=epoch, clock=clock, wall_clock=wall_clock
+        )
         self.codec = codec
         self.rendition = rendition
         self.keyframe_interval_s = keyframe_interval_s
         self._pattern = TestPattern(rendition.width, rendition.height)
         self._ctx = open_video_codec(codec, rendition, threads)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enc-{self.name}")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"enc-{self.name}"
+        )
         self._force_keyframe = False
         self._last_keyframe_at: float | None = None  # clock s
         self.keyframes = 0
@@ -259,7 +264,10 @@ class SharedVideoEncoder(SharedSource):
         self.keyframe_requests[reason] += 1
         if reason == "pli" and (
             self._force_keyframe
-            or (self._last_keyframe_at is not None and self.clock() - self._last_keyframe_at < PLI_MIN_INTERVAL_S)
+            or (
+                self._last_keyframe_at is not None
+                and self.clock() - self._last_keyframe_at < PLI_MIN_INTERVAL_S
+            )
         ):
             self.keyframe_requests_ignored += 1
             return False
@@ -288,10 +296,7 @@ class SharedVideoEncoder(SharedSource):
         packets = self._ctx.encode(picture)
         if not packets:
             return None
-        if len(packets) == 1:
-            packet = packets[0]
-        else:
-            packet = av.Packet(b"".join(bytes(p) for p in packets))
+        packet = packets[0] if len(packets) == 1 else av.Packet(b"".join(bytes(p) for p in packets))
         keyframe = any(p.is_keyframe for p in packets)
         packet.pts = pts
         packet.dts = pts
@@ -299,8 +304,14 @@ class SharedVideoEncoder(SharedSource):
         self.bytes_encoded += packet.size
         r = self.rendition
         return EncodedFrame(
-            packet=packet, kind="video", seq=tick % 2**32, capture_ms=capture_ms, keyframe=keyframe,
-            width=r.width, height=r.height, rendition=r.name,
+            packet=packet,
+            kind="video",
+            seq=tick % 2**32,
+            capture_ms=capture_ms,
+            keyframe=keyframe,
+            width=r.width,
+            height=r.height,
+            rendition=r.name,
         )
 
     async def stop(self) -> None:
@@ -336,7 +347,9 @@ class SharedAudioEncoder(SharedSource):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(f"{room}/audio", AUDIO_SAMPLES / AUDIO_RATE, epoch=epoch, clock=clock, wall_clock=wall_clock)
+        super().__init__(
+            f"{room}/audio", AUDIO_SAMPLES / AUDIO_RATE, epoch=epoch, clock=clock, wall_clock=wall_clock
+        )
         self.audio = audio
         self._tone = Tone(audio.freq_hz)
         ctx = av.CodecContext.create("libopus", "w")

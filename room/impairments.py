@@ -63,7 +63,7 @@ class TokenBucket:
         self._tat_ms = float("-inf")
 
     def admit(self, now_ms: float, size_bytes: int) -> float | None:
-        """Departure time, ms (≥ ``now_ms``), of a packet of ``size_bytes`` arriving at ``now_ms``; None if dropped."""
+        """When a packet of ``size_bytes`` arriving at ``now_ms`` leaves, ms (≥ now_ms); None if dropped."""
         depart = max(now_ms, self._tat_ms - self._tau_ms)
         if depart - now_ms > self.queue_ms:
             return None

@@ -79,13 +79,21 @@ class Room:
         self.started_wall_ms = wall_clock() * 1000
         self.video_encoders = {
             r.name: SharedVideoEncoder(
-                config.name, config.codec, r, keyframe_interval_s=config.keyframe_interval_s,
-                epoch=self.started_at, clock=clock, wall_clock=wall_clock, threads=encoder_threads,
+                config.name,
+                config.codec,
+                r,
+                keyframe_interval_s=config.keyframe_interval_s,
+                epoch=self.started_at,
+                clock=clock,
+                wall_clock=wall_clock,
+                threads=encoder_threads,
             )
             for r in config.renditions
         }
         self.audio_encoder = (
-            SharedAudioEncoder(config.name, config.audio, epoch=self.started_at, clock=clock, wall_clock=wall_clock)
+            SharedAudioEncoder(
+                config.name, config.audio, epoch=self.started_at, clock=clock, wall_clock=wall_clock
+            )
             if config.audio
             else None
         )
@@ -127,9 +135,17 @@ class Room:
         """
         refusal = self.refusal(labels)
         if refusal is not None:
-            retry = None if refusal.room_to_ms is None else max(0.0, (refusal.room_to_ms - self.room_time_ms()) / 1000)
+            retry = (
+                None
+                if refusal.room_to_ms is None
+                else max(0.0, (refusal.room_to_ms - self.room_time_ms()) / 1000)
+            )
             self.joins_refused.append(
-                {"t_ms": round(self.wall_clock() * 1000, 1), "labels": dict(labels), "rule": refusal.to_dict()}
+                {
+                    "t_ms": round(self.wall_clock() * 1000, 1),
+                    "labels": dict(labels),
+                    "rule": refusal.to_dict(),
+                }
             )
             raise JoinRefused(f"room {self.name!r} refuses joins now (scenario refuse_joins)", retry)
         check_offer(offer_sdp)
@@ -178,10 +194,18 @@ class Room:
             sendpath.install(dtls)
         rules = [r for r in self.config.rules if labels_match(r.match, labels)]
         viewer = Viewer(
-            self, pc, truth, video, audio, sendpath, rules, join_offset_ms=self.room_time_ms(),
-            clock=self.clock, wall_clock=self.wall_clock,
+            self,
+            pc,
+            truth,
+            video,
+            audio,
+            sendpath,
+            rules,
+            join_offset_ms=self.room_time_ms(),
+            clock=self.clock,
+            wall_clock=self.wall_clock,
         )
-        video_tr.sender._send_keyframe = viewer.on_pli
+        video_tr.sender._send_keyframe = viewer.on_pli  # type: ignore[method-assign]
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

@@ -103,7 +103,16 @@ class Settings:
 
 
 # the fields a rule may set, in Settings
-_SETTING_FIELDS = ("loss_pct", "burst", "delay_ms", "jitter_ms", "cap_kbps", "queue_ms", "burst_bytes", "rendition")
+_SETTING_FIELDS = (
+    "loss_pct",
+    "burst",
+    "delay_ms",
+    "jitter_ms",
+    "cap_kbps",
+    "queue_ms",
+    "burst_bytes",
+    "rendition",
+)
 
 
 def labels_match(match: Mapping[str, tuple[str, ...]], labels: Mapping[str, str]) -> bool:
@@ -136,7 +145,9 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.at_ms is not None and self.room_at_ms is not None:
-            raise ValueError("at_ms: give at_ms (from the viewer's join) or room_at_ms (from room start), not both")
+            raise ValueError(
+                "at_ms: give at_ms (from the viewer's join) or room_at_ms (from room start), not both"
+            )
         _check_range("at_ms", self.at_ms, 0, 1e9)
         _check_range("room_at_ms", self.room_at_ms, 0, 1e9)
         _check_range("duration_ms", self.duration_ms, 0, 1e9)
@@ -149,10 +160,7 @@ class Rule:
 
     def window(self, join_offset_ms: float) -> tuple[float, float]:
         """(start, end) of the rule on the viewer's time line, ms since join (end may be inf)."""
-        if self.room_at_ms is not None:
-            start = self.room_at_ms - join_offset_ms
-        else:
-            start = self.at_ms or 0.0
+        start = self.room_at_ms - join_offset_ms if self.room_at_ms is not None else self.at_ms or 0.0
         end = float("inf") if self.duration_ms is None else start + self.duration_ms
         return start, end
 
@@ -167,7 +175,9 @@ class Rule:
         return out
 
 
-def settings_at(rules: Sequence[Rule], t_ms: float, join_offset_ms: float, base: Settings | None = None) -> Settings:
+def settings_at(
+    rules: Sequence[Rule], t_ms: float, join_offset_ms: float, base: Settings | None = None
+) -> Settings:
     """The settings in force ``t_ms`` after the join, for ``rules`` already filtered by label."""
     values: dict[str, Any] = {}
     freeze = False
@@ -186,10 +196,7 @@ def settings_at(rules: Sequence[Rule], t_ms: float, join_offset_ms: float, base:
 def next_change_ms(rules: Sequence[Rule], t_ms: float, join_offset_ms: float) -> float | None:
     """The first rule boundary strictly after ``t_ms`` (ms since join), or None if nothing changes."""
     later = [
-        edge
-        for rule in rules
-        for edge in rule.window(join_offset_ms)
-        if edge > t_ms and edge != float("inf")
+        edge for rule in rules for edge in rule.window(join_offset_ms) if edge > t_ms and edge != float("inf")
     ]
     return min(later) if later else None
 

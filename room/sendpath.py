@@ -10,6 +10,7 @@ delay + jitter (order kept). Packets due now go straight out; the others wait in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -22,7 +23,7 @@ import structlog
 from room.encoder import EncodedFrame
 from room.impairments import DelayJitter, GilbertElliott, RandomLoss, TokenBucket
 from room.schedule import Settings
-from room.truth import Freeze, FrameEvent, PacketCounts, ViewerTruth
+from room.truth import FrameEvent, Freeze, PacketCounts, ViewerTruth
 
 log = structlog.get_logger()
 
@@ -106,15 +107,21 @@ class SendPath:
         dtls._send_rtp = send_rtp
 
     def apply(self, settings: Settings) -> None:
-        """Put ``settings`` in force (models are rebuilt, with fresh state, only when their parameters change)."""
+        """Put ``settings`` in force (a model is rebuilt, fresh, only when its parameters change)."""
         old = self.settings
         if settings.loss_pct != old.loss_pct or self._random is None:
             self._random = RandomLoss(settings.loss_pct, self.rng) if settings.loss_pct > 0 else None
         if settings.burst != old.burst:
             self._burst = GilbertElliott(settings.burst, self.rng) if settings.burst else None
-        if (settings.cap_kbps, settings.queue_ms, settings.burst_bytes) != (old.cap_kbps, old.queue_ms, old.burst_bytes):
+        if (settings.cap_kbps, settings.queue_ms, settings.burst_bytes) != (
+            old.cap_kbps,
+            old.queue_ms,
+            old.burst_bytes,
+        ):
             self._bucket = (
-                TokenBucket(settings.cap_kbps, settings.burst_bytes, settings.queue_ms) if settings.cap_kbps else None
+                TokenBucket(settings.cap_kbps, settings.burst_bytes, settings.queue_ms)
+                if settings.cap_kbps
+                else None
             )
         if (settings.delay_ms, settings.jitter_ms) != (old.delay_ms, old.jitter_ms):
             self._delay = (
@@ -178,7 +185,12 @@ class SendPath:
 
     async def _run_line(self) -> None:
         """Send delayed packets when due (release times are non-decreasing)."""
-        counts = {"video": self.truth.video, "audio": self.truth.audio, "rtx": self.truth.rtx, "other": self.truth.other}
+        counts = {
+            "video": self.truth.video,
+            "audio": self.truth.audio,
+            "rtx": self.truth.rtx,
+            "other": self.truth.other,
+        }
         while not self._closed:
             if not self._line:
                 self._line_wakeup.clear()
@@ -195,7 +207,9 @@ class SendPath:
                 continue
             self._record(kind, counts[kind], len(data), frame, after_freeze)
 
-    def _record(self, kind: str, counts: PacketCounts, size: int, frame: EncodedFrame | None, after_freeze: bool) -> None:
+    def _record(
+        self, kind: str, counts: PacketCounts, size: int, frame: EncodedFrame | None, after_freeze: bool
+    ) -> None:
         counts.packets_sent += 1
         counts.bytes_sent += size
         if kind != "video" or frame is None:
@@ -215,8 +229,13 @@ class SendPath:
             if (frame.width, frame.height) != self._last_size:
                 self._last_size = (frame.width, frame.height)
                 truth.resolution_changes.append(
-                    {"t_ms": round(now_ms, 1), "width": frame.width, "height": frame.height,
-                     "rendition": frame.rendition, "marker_seq": frame.seq}
+                    {
+                        "t_ms": round(now_ms, 1),
+                        "width": frame.width,
+                        "height": frame.height,
+                        "rendition": frame.rendition,
+                        "marker_seq": frame.seq,
+                    }
                 )
             if after_freeze:
                 open_freeze = next((f for f in reversed(truth.freezes) if f.end_ms is None), None)
@@ -239,9 +258,7 @@ class SendPath:
         self._closed = True
         if self._line_task is not None:
             self._line_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._line_task
-            except asyncio.CancelledError:
-                pass
             self._line_task = None
         self._line.clear()

@@ -51,7 +51,10 @@ async def cors_and_access_log(request: web.Request, handler: Handler) -> web.Str
         response = exc
     response.headers.update(CORS_HEADERS)
     log.info(
-        "http_request", method=request.method, path=request.path, status=response.status,
+        "http_request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
         ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return response
@@ -66,7 +69,7 @@ def _room_or_404(request: web.Request) -> Room:
             text=(
                 f"no room named {name!r}. Rooms here: {', '.join(sorted(rooms)) or '(none)'}.\n"
                 "Rooms are created when the server starts: `streamqoe room --room NAME[:WxH@FPS:CODEC:KBPS]` "
-                "(e.g. --room lobby:640x360@25:h264:800), or under \"rooms\" in the --scenario file "
+                '(e.g. --room lobby:640x360@25:h264:800), or under "rooms" in the --scenario file '
                 "(docs/scenario.md). Join one with POST /whep/<room>.\n"
             )
         )
@@ -97,7 +100,10 @@ async def whep_post(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"{exc}\n") from exc
     location = f"/whep/{room.name}/{viewer.id}"
     return web.Response(
-        status=201, text=answer, content_type="application/sdp", headers={"Location": location, "ETag": f'"{viewer.id}"'}
+        status=201,
+        text=answer,
+        content_type="application/sdp",
+        headers={"Location": location, "ETag": f'"{viewer.id}"'},
     )
 
 
@@ -106,7 +112,9 @@ async def whep_delete(request: web.Request) -> web.Response:
     """Leave."""
     room = _room_or_404(request)
     if not await room.leave(request.match_info["viewer"], "delete"):
-        raise web.HTTPNotFound(text=f"no active viewer {request.match_info['viewer']!r} in room {room.name!r}\n")
+        raise web.HTTPNotFound(
+            text=f"no active viewer {request.match_info['viewer']!r} in room {room.name!r}\n"
+        )
     return web.Response(status=200, text="left\n")
 
 
@@ -114,7 +122,9 @@ async def whep_delete(request: web.Request) -> web.Response:
 async def whep_patch(request: web.Request) -> web.Response:
     """Trickle ICE / ICE restart are not supported: the answer already holds every candidate."""
     raise web.HTTPMethodNotAllowed(
-        "PATCH", ["DELETE", "OPTIONS"], text="trickle ICE and ICE restarts are not supported; rejoin instead\n"
+        "PATCH",
+        ["DELETE", "OPTIONS"],
+        text="trickle ICE and ICE restarts are not supported; rejoin instead\n",
     )
 
 
@@ -138,7 +148,8 @@ async def room_truth(request: web.Request) -> web.Response:
 
 @routes.get("/")
 async def index(request: web.Request) -> web.Response:
-    names = ", ".join(sorted(request.app[ROOMS]))
+    rooms: dict[str, Room] = request.app[ROOMS]
+    names = ", ".join(sorted(rooms))
     return web.Response(
         text=f"streamqoe test room. Rooms: {names}. WHEP: POST /whep/<room>. Listing: /rooms. "
         "Ground truth: /rooms/<room>/truth. See docs/room.md.\n"
@@ -149,8 +160,12 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     rooms = {
         rc.name: Room(
-            rc, seed=config.seed, ice_host=config.ice_host, clock=config.clock,
-            wall_clock=config.wall_clock, encoder_threads=config.encoder_threads,
+            rc,
+            seed=config.seed,
+            ice_host=config.ice_host,
+            clock=config.clock,
+            wall_clock=config.wall_clock,
+            encoder_threads=config.encoder_threads,
         )
         for rc in config.rooms
     }
@@ -175,9 +190,9 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
 class RoomServer:
     """Run the room in-process on a free port (tests, the demo)::
 
-        async with RoomServer(ServerConfig(rooms=(RoomConfig("test"),))) as server:
-            url = server.whep_url("test")        # http://127.0.0.1:PORT/whep/test
-            server.rooms["test"].truth()
+    async with RoomServer(ServerConfig(rooms=(RoomConfig("test"),))) as server:
+        url = server.whep_url("test")        # http://127.0.0.1:PORT/whep/test
+        server.rooms["test"].truth()
     """
 
     def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -88,7 +88,7 @@ class ViewerVideoTrack(MediaStreamTrack):
         (self.pending or self.source).request_keyframe("pli")
 
     # -- called by the RTCRtpSender
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet:  # type: ignore[type-arg]
         if self.readyState != "live":
             raise MediaStreamError
         if not self._subscribed:
@@ -147,7 +147,7 @@ class ViewerAudioTrack(MediaStreamTrack):
                 self._queue.get_nowait()
         self._queue.put_nowait(frame)
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet:  # type: ignore[type-arg]
         if self.readyState != "live":
             raise MediaStreamError
         if not self._subscribed:

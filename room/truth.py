@@ -21,7 +21,11 @@ class PacketCounts:
     """RTP bytes (header + payload, before SRTP) of the packets sent."""
 
     def to_dict(self) -> dict[str, int]:
-        return {"packets_sent": self.packets_sent, "packets_dropped": self.packets_dropped, "bytes_sent": self.bytes_sent}
+        return {
+            "packets_sent": self.packets_sent,
+            "packets_dropped": self.packets_dropped,
+            "bytes_sent": self.bytes_sent,
+        }
 
 
 @dataclass(slots=True)
@@ -59,7 +63,9 @@ class Freeze:
             "scheduled_end_ms": r(self.scheduled_end_ms),
             "start_ms": r(self.start_ms),
             "end_ms": r(self.end_ms),
-            "duration_ms": None if self.start_ms is None or self.end_ms is None else r(self.end_ms - self.start_ms),
+            "duration_ms": None
+            if self.start_ms is None or self.end_ms is None
+            else r(self.end_ms - self.start_ms),
             "resume_marker_seq": self.resume_marker_seq,
         }
 

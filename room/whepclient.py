@@ -49,6 +49,7 @@ class WhepViewer:
     audio_frames: int = 0
     pc: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _new_frame: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def join(self, session: aiohttp.ClientSession, content_type: str = "application/sdp") -> int:
         """POST the offer; on 201 apply the answer and start reading media. Returns the HTTP status."""
@@ -66,7 +67,10 @@ class WhepViewer:
         with ice.host_addresses(["127.0.0.1"]):
             await pc.setLocalDescription(await pc.createOffer())
         async with session.post(
-            self.url, params=dict(self.labels), data=pc.localDescription.sdp, headers={"Content-Type": content_type}
+            self.url,
+            params=dict(self.labels),
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": content_type},
         ) as resp:
             self.status = resp.status
             self.body = await resp.text()
@@ -87,10 +91,15 @@ class WhepViewer:
                 y = frame.to_ndarray(format="yuv420p")[: frame.height]
                 self.frames.append(
                     ReceivedFrame(
-                        t=time.monotonic(), wall_ms=time.time() * 1000, width=frame.width, height=frame.height,
-                        marker=marker.read(y), key_frame=bool(frame.key_frame),
+                        t=time.monotonic(),
+                        wall_ms=time.time() * 1000,
+                        width=frame.width,
+                        height=frame.height,
+                        marker=marker.read(y),
+                        key_frame=bool(frame.key_frame),
                     )
                 )
+                self._new_frame.set()
         except MediaStreamError:
             pass
 
@@ -102,11 +111,12 @@ class WhepViewer:
         except MediaStreamError:
             pass
 
-    async def wait_frames(self, n: int, timeout: float = 10.0) -> None:
-        """Wait until at least ``n`` video frames were decoded (TimeoutError otherwise)."""
-        async with asyncio.timeout(timeout):
+    async def wait_frames(self, n: int, within_s: float = 10.0) -> None:
+        """Wait until at least ``n`` video frames were decoded (TimeoutError after ``within_s`` s)."""
+        async with asyncio.timeout(within_s):
             while len(self.frames) < n:
-                await asyncio.sleep(0.02)
+                self._new_frame.clear()
+                await self._new_frame.wait()
 
     async def leave(self, session: aiohttp.ClientSession | None = None) -> int | None:
         """DELETE the Location (if a session is given) and close the connection. Returns the DELETE status."""
