@@ -167,6 +167,21 @@ def _best_slices(
     return out[:limit]
 
 
+class Scanner:
+    """The slice lattice of a fixed set of leaves, built once and scanned for many windows."""
+
+    def __init__(self, codes: IntArray, max_order: int = 3) -> None:
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self._cub = _cuboids(self.codes, max_order)
+
+    def top(self, actual: FloatArray, expected: FloatArray) -> tuple[float, Slice | None]:
+        """The largest single-slice deviance gain and its slice (0, None when nothing is elevated)."""
+        best = _best_slices(
+            self._cub, actual, expected, np.ones(self.codes.shape[0], dtype=bool), 0.0, 1
+        )
+        return (best[0][1], best[0][2]) if best else (0.0, None)
+
+
 def max_scan_gain(codes: IntArray, actual: FloatArray, expected: FloatArray, max_order: int = 3) -> float:
     """Largest single-slice deviance gain on this input (used on baseline windows to calibrate)."""
     cub = _cuboids(codes, max_order)

@@ -1,0 +1,195 @@
+"""Per-segment, per-minute series from viewer events: QoE (stall ratio, startup, resolution) and
+audience (concurrent viewers, joins, leaves, leave rate, watch time). Pure numpy.
+
+A *leaf* is one combination of all dimension values; every other segment is a sum of leaves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from analysis.events_table import JOIN, LEAVE, QOE, EventTable
+
+MINUTE_MS = 60_000
+
+
+@dataclass
+class Sessions:
+    """One row per session code."""
+
+    start_ms: NDArray[np.int64]
+    """First event of the session (its join), ms since the epoch; -1 if the session has no events."""
+    end_ms: NDArray[np.int64]
+    """Last event of the session."""
+    left: NDArray[np.bool_]
+    """The session ended with a ``leave`` event."""
+    viewer: NDArray[np.int64]
+    leaf: NDArray[np.int64]
+    """Leaf code (row of ``Grid.leaves``); -1 for sessions outside the window."""
+    startup_ms: NDArray[np.float64]
+    stall_ms: NDArray[np.float64]
+    """Σ stall_ms of the session's beacons."""
+    play_ms: NDArray[np.float64]
+    """Σ (watch_ms + stall_ms) of the session's beacons."""
+
+
+@dataclass
+class Grid:
+    """Leaf × minute sums over the analysis window."""
+
+    t0_ms: int
+    """Start of minute 0 (ms since the epoch)."""
+    leaves: NDArray[np.int64]
+    """(n_leaves, n_dims) dimension value codes."""
+    dim_names: tuple[str, ...]
+    vocab: list[list[str]]
+    stall_ms: NDArray[np.float64]
+    play_ms: NDArray[np.float64]
+    """Σ (watch_ms + stall_ms) of qoe beacons; stall ratio = stall_ms / play_ms."""
+    joins: NDArray[np.float64]
+    slow_starts: NDArray[np.float64]
+    """Joins with startup_ms > 2000 (the abandonment knee, Krishnan & Sitaraman 2012)."""
+    leaves_n: NDArray[np.float64]
+    """Sessions that left in the minute."""
+    at_risk: NDArray[np.float64]
+    """Sessions active at some point in the minute (concurrent viewers, and the leave-hazard denominator)."""
+    low_res_ms: NDArray[np.float64]
+    """Play time of beacons with height < 720 (HD share = 1 − low_res_ms / play_ms)."""
+
+    @property
+    def n_minutes(self) -> int:
+        """Minutes in the window."""
+        return int(self.stall_ms.shape[1])
+
+    def label(self, items: tuple[tuple[int, int], ...]) -> dict[str, str]:
+        """A slice's (dimension index, value code) items as {dimension: value}."""
+        return {self.dim_names[d]: self.vocab[d][v] for d, v in items}
+
+
+def sessions_of(table: EventTable) -> Sessions:
+    """Per-session facts from the events (vectorised, no Python loop over events)."""
+    s = table.session
+    n = int(s.max()) + 1 if s.size else 0
+    start = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    end = np.full(n, -1, dtype=np.int64)
+    np.minimum.at(start, s, table.t_ms)
+    np.maximum.at(end, s, table.t_ms)
+    start[start == np.iinfo(np.int64).max] = -1
+    left = np.bincount(s, weights=(table.etype == LEAVE), minlength=n) > 0
+    viewer = np.full(n, -1, dtype=np.int64)
+    viewer[s] = table.viewer
+    startup = np.full(n, np.nan)
+    j = (table.etype == JOIN) & ~np.isnan(table.startup_ms)
+    startup[s[j]] = table.startup_ms[j]
+    q = table.etype == QOE
+    st = np.nan_to_num(table.stall_ms)
+    wa = np.nan_to_num(table.watch_ms)
+    stall = np.bincount(s[q], weights=st[q], minlength=n)
+    play = np.bincount(s[q], weights=st[q] + wa[q], minlength=n)
+    return Sessions(start, end, left, viewer, np.full(n, -1, dtype=np.int64), startup, stall, play)
+
+
+def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) -> Grid:
+    """Leaf × minute sums of the events in [from_ms, to_ms); fills ``sessions.leaf``."""
+    t0 = from_ms - from_ms % MINUTE_MS
+    m_n = max(1, -(-(to_ms - t0) // MINUTE_MS))
+    in_win = (table.t_ms >= from_ms) & (table.t_ms < to_ms)
+    # a session's dimensions are those of its first event
+    n_s = sessions.start_ms.size
+    first = np.full(n_s, -1, dtype=np.int64)
+    order = np.argsort(table.t_ms, kind="stable")[::-1]
+    first[table.session[order]] = order  # the last write wins: the earliest event
+    sess_dims = table.dims[np.maximum(first, 0)]
+    s_in = (sessions.start_ms >= 0) & (sessions.start_ms < to_ms) & (sessions.end_ms >= from_ms)
+    if not s_in.any():
+        leaves = np.zeros((0, table.dims.shape[1]), dtype=np.int64)
+    else:
+        leaves, inv = np.unique(sess_dims[s_in].astype(np.int64), axis=0, return_inverse=True)
+        sessions.leaf[s_in] = inv.ravel()
+    n_l = leaves.shape[0]
+    size = n_l * m_n
+
+    def grid(idx: NDArray[np.int64], w: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        return np.bincount(idx, weights=w, minlength=size).reshape(n_l, m_n) if size else np.zeros((0, m_n))
+
+    ev_leaf = sessions.leaf[table.session]
+    ev_min = (table.t_ms - t0) // MINUTE_MS
+    ok = in_win & (ev_leaf >= 0)
+    q = ok & (table.etype == QOE)
+    key_q = ev_leaf[q] * m_n + ev_min[q]
+    st = np.nan_to_num(table.stall_ms[q])
+    pl = st + np.nan_to_num(table.watch_ms[q])
+    low = np.where(np.nan_to_num(table.height[q], nan=1080.0) < 720, pl, 0.0)
+    j = ok & (table.etype == JOIN)
+    key_j = ev_leaf[j] * m_n + ev_min[j]
+    slow = np.nan_to_num(table.startup_ms[j]) > 2000.0
+    # at-risk: active from the start minute to the end minute (inclusive), clipped to the window
+    sl = sessions.leaf
+    si = np.flatnonzero(s_in)
+    a = np.clip((sessions.start_ms[si] - t0) // MINUTE_MS, 0, m_n - 1)
+    b = np.clip((sessions.end_ms[si] - t0) // MINUTE_MS, 0, m_n - 1)
+    diff = np.zeros(n_l * (m_n + 1))
+    np.add.at(diff, sl[si] * (m_n + 1) + a, 1.0)
+    np.add.at(diff, sl[si] * (m_n + 1) + b + 1, -1.0)
+    at_risk = np.cumsum(diff.reshape(n_l, m_n + 1), axis=1)[:, :m_n]
+    lv = si[sessions.left[si] & (sessions.end_ms[si] < to_ms)]
+    key_l = sl[lv] * m_n + (sessions.end_ms[lv] - t0) // MINUTE_MS
+    return Grid(
+        t0, leaves, table.dim_names, table.vocab,
+        grid(key_q, st), grid(key_q, pl), grid(key_j), grid(key_j, slow.astype(float)), grid(key_l),
+        at_risk, grid(key_q, low),
+    )
+
+
+def slice_series(grid: Grid, mask: NDArray[np.bool_]) -> dict[str, list[float | None]]:
+    """Per-minute series of the leaves in ``mask`` (a segment): QoE and audience.
+
+    ``stall_ratio`` = Σstall / Σplay; ``hd_share`` = 1 − low-res play / play; ``slow_start_share`` =
+    joins with startup > 2 s / joins; ``leave_rate`` = leaves / at-risk (the per-minute leave hazard);
+    ``concurrent`` = sessions active in the minute; ``watch_min`` = minutes played. None when undefined.
+    """
+    def s(a: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(a[mask].sum(axis=0), dtype=np.float64)
+
+    play, stall, joins, risk = s(grid.play_ms), s(grid.stall_ms), s(grid.joins), s(grid.at_risk)
+
+    def ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> list[float | None]:
+        return [float(x) / float(y) if y > 0 else None for x, y in zip(num, den, strict=True)]
+
+    hd = [None if v is None else 1.0 - v for v in ratio(s(grid.low_res_ms), play)]
+    return {
+        "stall_ratio": ratio(stall, play),
+        "hd_share": hd,
+        "slow_start_share": ratio(s(grid.slow_starts), joins),
+        "concurrent": [float(x) for x in risk],
+        "joins": [float(x) for x in joins],
+        "leaves": [float(x) for x in s(grid.leaves_n)],
+        "leave_rate": ratio(s(grid.leaves_n), risk),
+        "watch_min": [float(x) / 60_000.0 for x in play],
+    }
+
+
+def startup_quantiles(
+    table: EventTable, t0_ms: int, n_minutes: int, event_mask: NDArray[np.bool_] | None = None
+) -> tuple[list[float | None], list[float | None]]:
+    """Per-minute startup (TTFF) p50 and p95 in ms over join events (optionally masked)."""
+    m = (table.etype == JOIN) & ~np.isnan(table.startup_ms)
+    if event_mask is not None:
+        m &= event_mask
+    minute = (table.t_ms[m] - t0_ms) // MINUTE_MS
+    val = table.startup_ms[m]
+    ok = (minute >= 0) & (minute < n_minutes)
+    minute, val = minute[ok], val[ok]
+    order = np.lexsort((val, minute))
+    minute, val = minute[order], val[order]
+    bounds = np.searchsorted(minute, np.arange(n_minutes + 1))
+    p50: list[float | None] = []
+    p95: list[float | None] = []
+    for i in range(n_minutes):
+        v = val[bounds[i] : bounds[i + 1]]
+        p50.append(float(np.quantile(v, 0.5)) if v.size else None)
+        p95.append(float(np.quantile(v, 0.95)) if v.size else None)
+    return p50, p95
