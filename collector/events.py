@@ -37,8 +37,11 @@ _QOE_FIELDS: tuple[tuple[str, float, float], ...] = (
 )
 _INT_FIELDS = frozenset({"stall_count", "height"})
 _KNOWN = frozenset(
-    ("event_id", "viewer_id", "session_id", "room", "t", "type", "region", "isp", "cdn", "device", "app_version")
-    + tuple(n for n, _, _ in _QOE_FIELDS)
+    (
+        *("event_id", "viewer_id", "session_id", "room", "t", "type"),
+        *("region", "isp", "cdn", "device", "app_version"),
+        *(n for n, _, _ in _QOE_FIELDS),
+    )
 )
 MIN_YEAR, MAX_YEAR = 2020, 2100
 
@@ -99,7 +102,7 @@ def _parse_t(value: Any) -> int:
             raise ValueError("t: must carry a UTC offset (e.g. ...Z)")
         if not MIN_YEAR <= dt.year <= MAX_YEAR:
             raise ValueError(f"t: year {dt.year} is not plausible")
-        return int(round(dt.timestamp() * 1000))
+        return round(dt.timestamp() * 1000)
     raise ValueError("t: must be an RFC 3339 string")
 
 
@@ -112,22 +115,46 @@ def _bounds_ms() -> tuple[int, int]:
 _T_LO, _T_HI = _bounds_ms()
 
 
+#: Column order of ``event_row`` (and of the store's ``viewer_events`` table, before ``received_ms``).
+ROW_FIELDS: tuple[str, ...] = (
+    "event_id", "viewer_id", "session_id", "room", "t_ms", "type",
+    "region", "isp", "cdn", "device", "app_version",
+    "startup_ms", "stall_count", "stall_ms", "watch_ms", "height", "bitrate_kbps",
+)  # fmt: skip
+_KNOWN_T = _KNOWN | {"t_ms"}
+_ID_MATCH = _ID.match
+_DIM_MATCH = _DIM.match
+_EVENT_TYPES = frozenset(EVENT_TYPES)
+_OPT_DIMS = ("region", "isp", "cdn", "device", "app_version")
+
+
 def event_from_dict(d: Any) -> ViewerEvent:
     """Validate one wire event; ``ValueError`` names the field. Unknown fields are rejected."""
-    if not isinstance(d, dict):
+    return ViewerEvent(*event_row(d))
+
+
+def event_row(d: Any) -> tuple[Any, ...]:
+    """Validate one wire event like ``event_from_dict`` and return its values in ``ROW_FIELDS`` order.
+
+    The collector's hot path: no dataclass is built (about 3x faster than constructing ``ViewerEvent``).
+    """
+    if type(d) is not dict and not isinstance(d, dict):
         raise ValueError("event: must be a JSON object")
-    extra = d.keys() - _KNOWN - {"t_ms"}
-    if extra:
+    if not d.keys() <= _KNOWN_T:
+        extra = d.keys() - _KNOWN_T
         raise ValueError(f"{sorted(extra)[0]}: unknown field")
-    for name in ("event_id", "viewer_id", "session_id"):
-        v = d.get(name)
-        if not isinstance(v, str) or not _ID.match(v):
+    get = d.get
+    event_id = get("event_id")
+    viewer_id = get("viewer_id")
+    session_id = get("session_id")
+    for name, v in (("event_id", event_id), ("viewer_id", viewer_id), ("session_id", session_id)):
+        if not isinstance(v, str) or not _ID_MATCH(v):
             raise ValueError(f"{name}: required, 1-128 of letters, digits, . _ : - (got {str(v)[:40]!r})")
-    room = d.get("room")
-    if not isinstance(room, str) or not _DIM.match(room):
+    room = get("room")
+    if not isinstance(room, str) or not _DIM_MATCH(room):
         raise ValueError("room: required string of 1-64 printable characters")
-    typ = d.get("type")
-    if typ not in EVENT_TYPES:
+    typ = get("type")
+    if not isinstance(typ, str) or typ not in _EVENT_TYPES:
         raise ValueError(f"type: must be one of {', '.join(EVENT_TYPES)} (got {str(typ)[:20]!r})")
     if "t" in d:
         t_ms = _parse_t(d["t"])
@@ -140,23 +167,24 @@ def event_from_dict(d: Any) -> ViewerEvent:
         raise ValueError("t: required (RFC 3339 UTC) or t_ms (ms since the Unix epoch)")
     if not _T_LO <= t_ms < _T_HI:
         raise ValueError(f"t: not between {MIN_YEAR} and {MAX_YEAR}")
-    kw: dict[str, Any] = {}
-    for name in ("region", "isp", "cdn", "device", "app_version"):
-        v = d.get(name)
-        if v is None:
-            continue
-        if not isinstance(v, str) or not _DIM.match(v):
+    dims: list[Any] = []
+    for name in _OPT_DIMS:
+        v = get(name)
+        if v is not None and (not isinstance(v, str) or not _DIM_MATCH(v)):
             raise ValueError(f"{name}: must be a string of 1-64 printable characters")
-        kw[name] = v
+        dims.append(v)
+    qoe: list[Any] = []
     for name, lo, hi in _QOE_FIELDS:
-        v = d.get(name)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ValueError(f"{name}: must be a number")
-        if name in _INT_FIELDS and not isinstance(v, int):
-            raise ValueError(f"{name}: must be an integer")
-        if not (math.isfinite(v) and lo <= v <= hi):
-            raise ValueError(f"{name}: must be in [{lo}, {hi}]")
-        kw[name] = v
-    return ViewerEvent(d["event_id"], d["viewer_id"], d["session_id"], room, t_ms, typ, **kw)
+        v = get(name)
+        if v is not None:
+            tv = type(v)
+            # exact int/float first (the common case); bool is an int subclass and is refused
+            if tv is not int and tv is not float and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ValueError(f"{name}: must be a number")
+            if name in _INT_FIELDS and not isinstance(v, int):
+                raise ValueError(f"{name}: must be an integer")
+            # the range check first: math.isfinite() raises OverflowError on a huge int; NaN fails it
+            if not (lo <= v <= hi and math.isfinite(v)):
+                raise ValueError(f"{name}: must be in [{lo}, {hi}]")
+        qoe.append(v)
+    return (event_id, viewer_id, session_id, room, t_ms, typ, *dims, *qoe)

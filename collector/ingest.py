@@ -1,0 +1,108 @@
+"""``POST /v1/reports`` and ``POST /v1/events``: authenticate, validate every item, commit, acknowledge.
+
+A batch is all-or-nothing: the first invalid item rejects the whole request (400 naming the item's
+index and field) and nothing of it is stored, so a client can fix and resend the same batch. A 2xx
+means every item is committed; ``new`` + ``duplicate`` = items (duplicates: ids already stored).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from collector.auth import require_role
+from collector.body import parse_items, read_limited
+from collector.errors import ApiError, field_of
+from collector.events import event_row
+from collector.reports import REPORT_COLUMNS, report_row
+from collector.state import CONFIG, METRICS, REQ_ITEMS, REQ_TOKEN, TOKENS, WRITER
+from collector.store import WriteJob
+from probe.report import SCHEMA_VERSION, Report
+
+
+async def _items(request: web.Request, endpoint: str, role: str) -> tuple[list[Any], Any]:
+    app = request.app
+    token = app[TOKENS].authenticate(request)
+    request[REQ_TOKEN] = token
+    require_role(token, role)
+    cfg = app[CONFIG]
+    body = await read_limited(
+        request, max_body=cfg.max_body_bytes, max_decompressed=cfg.max_decompressed_bytes
+    )
+    try:
+        items, _ = parse_items(body, request.content_type if request.body_exists else "",
+                               max_items=cfg.max_batch_items)  # fmt: skip
+    except ApiError:
+        app[METRICS].items.inc((endpoint, "rejected"))
+        raise
+    request[REQ_ITEMS] = len(items)
+    return items, token
+
+
+def _reject(request: web.Request, endpoint: str, n: int, i: int, e: ValueError) -> ApiError:
+    request.app[METRICS].items.inc((endpoint, "rejected"), n)
+    msg = str(e)
+    return ApiError(400, f"item {i}: {msg}; nothing of this batch was stored", item=i, field=field_of(msg))
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """Store a batch of viewer events (JSON array, one object, or NDJSON)."""
+    items, _ = await _items(request, "events", "platform")
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    try:
+        for item in items:
+            append(event_row(item))
+    except ValueError as e:
+        raise _reject(request, "events", len(items), len(rows), e) from None
+    return await _commit(request, "events", WriteJob("events", rows))
+
+
+async def post_reports(request: web.Request) -> web.Response:
+    """Store one probe report or a batch; a probe token may write only its own regions."""
+    items, token = await _items(request, "reports", "probe")
+    rows: list[tuple[Any, ...]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            request.app[METRICS].items.inc(("reports", "rejected"), len(items))
+            raise ApiError(
+                400,
+                f"item {i}: schema_version: unsupported version {str(item.get('schema_version'))[:20]!r}; "
+                f"this collector reads version {SCHEMA_VERSION} "
+                "(upgrade the collector or downgrade the probe)",
+                item=i, field="schema_version",
+            )  # fmt: skip
+        try:
+            report = Report.from_json_obj(item)
+        except ValueError as e:
+            raise _reject(request, "reports", len(items), i, e) from None
+        except RecursionError:
+            raise _reject(
+                request, "reports", len(items), i, ValueError("report: nested too deeply")
+            ) from None
+        if not token.may_write_region(report.region):
+            request.app[METRICS].items.inc(("reports", "rejected"), len(items))
+            raise ApiError(403, f"item {i}: token {token.name!r} may not write region {report.region!r}",
+                           item=i, field="region")  # fmt: skip
+        rows.append(report_row(report))
+    return await _commit(request, "reports", WriteJob("reports", rows))
+
+
+async def _commit(request: web.Request, endpoint: str, job: WriteJob) -> web.Response:
+    app = request.app
+    res = await app[WRITER].submit(job)
+    m = app[METRICS]
+    m.items.inc((endpoint, "accepted"), res.new)
+    if res.duplicate:
+        m.items.inc((endpoint, "duplicate"), res.duplicate)
+    if endpoint == "reports":
+        counted: set[str] = set()
+        for row in job.rows:
+            m.observe_report(dict(zip(REPORT_COLUMNS, row, strict=True)),
+                             new=row[0] in res.new_ids and row[0] not in counted)  # fmt: skip
+            counted.add(row[0])
+    return web.json_response(
+        {"accepted": len(job.rows), "new": res.new, "duplicate": res.duplicate},
+        status=200,
+    )

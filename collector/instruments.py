@@ -1,0 +1,136 @@
+"""The collector's Prometheus series: probe QoE (latest report per region/target) and ingest counters.
+
+Names follow Prometheus conventions (base units: seconds, ratios in [0, 1]); docs/collector.md lists
+them and docs/prometheus/alerts.yml uses them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector.metrics import Counter, Gauge, Histogram, Registry
+
+_PROBE = ("region", "target")
+
+
+class CollectorMetrics:
+    """Every series /metrics exposes; one instance per app."""
+
+    def __init__(self) -> None:
+        r = self.registry = Registry()
+        self.ttff = r.add(
+            Gauge(
+                "streamqoe_probe_ttff_seconds",
+                "Time to first frame of the newest probe report per region and target.",
+                _PROBE,
+            )
+        )
+        self.stall_ratio = r.add(
+            Gauge(
+                "streamqoe_probe_stall_ratio", "Frozen time / watch time of the newest probe report.", _PROBE
+            )
+        )
+        self.loss = r.add(
+            Gauge(
+                "streamqoe_probe_loss_ratio",
+                "RFC 3550 video packet loss (0-1) of the newest probe report.",
+                _PROBE,
+            )
+        )
+        self.hd_share = r.add(
+            Gauge(
+                "streamqoe_probe_hd_share_ratio",
+                "Share of watch time at height >= 720 of the newest probe report.",
+                _PROBE,
+            )
+        )
+        self.joined = r.add(
+            Gauge(
+                "streamqoe_probe_join_success",
+                "1 if the newest probe report joined and received media, else 0.",
+                _PROBE,
+            )
+        )
+        self.last_report = r.add(
+            Gauge(
+                "streamqoe_probe_last_report_timestamp_seconds",
+                "End (start + duration, Unix seconds) of the newest probe report.",
+                _PROBE,
+            )
+        )
+        self.reports = r.add(
+            Counter(
+                "streamqoe_probe_reports_total",
+                "Probe reports stored (new, not duplicates) since the collector started.",
+                _PROBE,
+            )
+        )
+        self.join_failures = r.add(
+            Counter(
+                "streamqoe_probe_join_failures_total",
+                "Probe reports stored with a failure code, by code.",
+                (*_PROBE, "failure"),
+            )
+        )
+        self.items = r.add(
+            Counter(
+                "streamqoe_ingest_items_total",
+                "Items received by ingest endpoint and result (accepted, duplicate, rejected).",
+                ("endpoint", "result"),
+            )
+        )
+        self.requests = r.add(
+            Counter(
+                "streamqoe_http_requests_total",
+                "HTTP requests by route, method and status code.",
+                ("route", "method", "code"),
+            )
+        )
+        self.latency = r.add(
+            Histogram(
+                "streamqoe_http_request_duration_seconds",
+                "Request handling time by route (ingest: until the commit).",
+                ("route",),
+            )
+        )
+        self.commit = r.add(
+            Histogram(
+                "streamqoe_store_commit_duration_seconds",
+                "Duration of one group commit (one DuckDB transaction).",
+            )
+        )
+        self.group_rows = r.add(
+            Histogram(
+                "streamqoe_store_commit_rows",
+                "Rows written per group commit.",
+                buckets=(1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000),
+            )
+        )
+        self._latest_started: dict[tuple[str, str], int] = {}  # fmt: skip
+
+    def observe_report(self, row: dict[str, Any], *, new: bool) -> None:
+        """Update the probe series with one stored report (``row``: probe_reports columns).
+
+        Gauges follow the newest report by ``started_ms``; counters count only new reports.
+        """
+        key = (row["region"] or "", row["target_url"])
+        if new:
+            self.reports.inc(key)
+            if row["failure"]:
+                self.join_failures.inc((*key, row["failure"]))
+        if row["started_ms"] < self._latest_started.get(key, -1):
+            return
+        self._latest_started[key] = row["started_ms"]
+        self.last_report.set(key, row["started_ms"] / 1000 + row["duration_s"])
+        self.joined.set(key, 0.0 if row["failure"] else 1.0)
+        for gauge, col, scale in (
+            (self.ttff, "ttff_ms", 1e-3),
+            (self.stall_ratio, "stall_ratio", 1.0),
+            (self.loss, "loss_pct", 1e-2),
+            (self.hd_share, "hd_share", 1.0),
+        ):
+            v = row[col]
+            if v is None:  # not measured: no sample rather than a made-up 0
+                gauge.remove(key)
+            else:
+                gauge.set(key, v * scale)

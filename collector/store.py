@@ -1,0 +1,233 @@
+"""The DuckDB store: one writer connection (used from one thread), read cursors for queries.
+
+Durability: every write is a DuckDB transaction; ``commit()`` returns after DuckDB has written and
+fsync'ed its write-ahead log, so a committed row survives ``kill -9`` (and a power cut, as far as the
+file system honours fsync). DuckDB folds the WAL into the database file (a checkpoint) when the WAL
+exceeds ``checkpoint_wal_bytes`` and at a clean shutdown; recovery replays the WAL at the next open.
+
+Idempotency: ``event_id``/``report_id``/``incident_id`` are primary keys; inserts use
+``ON CONFLICT DO NOTHING RETURNING`` so a retried item is stored once and reported as a duplicate.
+
+The methods are synchronous (DuckDB blocks); ``collector.writer`` runs the write methods on a single
+thread and ``collector.app`` runs the queries on a small pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from collector.events import ROW_FIELDS
+from collector.reports import REPORT_COLUMNS
+from collector.schema import DDL, SCHEMA_VERSION
+
+_EVENT_INT64 = frozenset({"t_ms"})
+_EVENT_FLOAT = frozenset({"startup_ms", "stall_ms", "watch_ms", "bitrate_kbps"})
+_REPORT_INT64 = frozenset({"started_ms"})
+_REPORT_FLOAT = frozenset(
+    {"duration_s", "ttff_ms", "stall_ratio", "total_freezes_s", "loss_pct", "hd_share", "fps_mean",
+     "latency_p50_ms", "rtt_ms"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """Outcome of one ingest request's items: ``new + duplicate == len(items)``."""
+
+    new: int
+    duplicate: int
+    new_ids: frozenset[str] = frozenset()
+    """The ids stored by this request (filled for reports only: the events hot path skips it)."""
+
+
+@dataclass
+class WriteJob:
+    """One request's rows for one table (``kind``: ``events``, ``reports`` or ``incidents``)."""
+
+    kind: str
+    rows: Sequence[tuple[Any, ...]]
+
+
+def _columns(
+    names: Sequence[str], rows: Sequence[tuple[Any, ...]], int64: frozenset[str], floats: frozenset[str]
+) -> dict[str, Any]:
+    """Rows → a dict of numpy arrays DuckDB scans without a per-row Python call (None → NULL)."""
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    out: dict[str, Any] = {}
+    for name, col in zip(names, cols, strict=True):
+        if name in int64:
+            out[name] = np.fromiter(col, dtype=np.int64, count=len(col))
+        elif name in floats:
+            # NaN is how a numpy float column says NULL to DuckDB; validated values are never NaN
+            out[name] = np.array([np.nan if x is None else x for x in col], dtype=np.float64)
+        else:
+            out[name] = np.array(col, dtype=object)
+    return out
+
+
+class Store:
+    """The collector's database. Write methods must be called from one thread at a time."""
+
+    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 64 << 20,
+                 wall_ms: Callable[[], int] | None = None) -> None:  # fmt: skip
+        self.path = path
+        self._con = duckdb.connect(path)
+        self._con.execute(f"SET checkpoint_threshold = '{int(checkpoint_wal_bytes)}B'")
+        for stmt in DDL:
+            self._con.execute(stmt)
+        self._con.execute(
+            "INSERT INTO collector_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+            [str(SCHEMA_VERSION)],
+        )
+        self._local = threading.local()
+        self._cursors: list[Any] = []
+        self._cursors_lock = threading.Lock()
+        self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+
+    # -- writes (one thread) ------------------------------------------------------------------------
+
+    def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
+        """Write every job in one transaction (group commit); a failed group is retried job by job.
+
+        Returns one result per job: its new/duplicate counts, or the exception that job raised.
+        """
+        try:
+            self._con.execute("BEGIN TRANSACTION")
+            results: list[InsertResult | BaseException] = list(self._write_jobs(jobs))
+            self._con.execute("COMMIT")
+            return results
+        except Exception:
+            self._rollback()
+            if len(jobs) == 1:
+                raise
+        out: list[InsertResult | BaseException] = []
+        for job in jobs:
+            try:
+                self._con.execute("BEGIN TRANSACTION")
+                out.extend(self._write_jobs([job]))
+                self._con.execute("COMMIT")
+            except Exception as e:
+                self._rollback()
+                out.append(e)
+        return out
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(duckdb.Error):  # no transaction open
+            self._con.execute("ROLLBACK")
+
+    def _write_jobs(self, jobs: Sequence[WriteJob]) -> list[InsertResult]:
+        now = self._wall_ms()
+        results: list[InsertResult | None] = [None] * len(jobs)
+        for kind, table, key, names, i64, flt in (
+            ("events", "viewer_events", "event_id", ROW_FIELDS, _EVENT_INT64, _EVENT_FLOAT),
+            ("reports", "probe_reports", "report_id", REPORT_COLUMNS, _REPORT_INT64, _REPORT_FLOAT),
+        ):
+            idx = [i for i, j in enumerate(jobs) if j.kind == kind]
+            if not idx:
+                continue
+            # first occurrence in the group wins; later copies (same request or another) are duplicates
+            owner: dict[str, int] = {}
+            unique: list[tuple[Any, ...]] = []
+            for i in idx:
+                for row in jobs[i].rows:
+                    if row[0] not in owner:
+                        owner[row[0]] = i
+                        unique.append(row)
+            cols = _columns(names, unique, i64, flt)
+            cols["received_ms"] = np.full(len(unique), now, dtype=np.int64)
+            collist = ", ".join((*names, "received_ms"))
+            inserted = self._con.execute(
+                f"INSERT INTO {table} ({collist}) SELECT {collist} FROM cols "
+                f"ON CONFLICT DO NOTHING RETURNING {key}"
+            ).fetchall()
+            new_per_job: dict[int, int] = dict.fromkeys(idx, 0)
+            for (k,) in inserted:
+                new_per_job[owner[k]] += 1
+            ids: dict[int, set[str]] = {i: set() for i in idx}
+            if kind == "reports":
+                for (k,) in inserted:
+                    ids[owner[k]].add(k)
+            for i in idx:
+                n = new_per_job[i]
+                results[i] = InsertResult(new=n, duplicate=len(jobs[i].rows) - n, new_ids=frozenset(ids[i]))
+        for i, job in enumerate(jobs):
+            if job.kind == "incidents":
+                for row in job.rows:
+                    self._con.execute(
+                        "INSERT OR REPLACE INTO incidents (incident_id, start_ms, end_ms, segment, summary) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        list(row),
+                    )
+                results[i] = InsertResult(new=len(job.rows), duplicate=0)
+            elif results[i] is None:
+                raise ValueError(f"unknown write job kind {job.kind!r}")
+        return [r for r in results if r is not None]
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file."""
+        self._con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        """Checkpoint and close every connection (a clean shutdown leaves no WAL behind)."""
+        with self._cursors_lock:
+            for c in self._cursors:
+                c.close()
+            self._cursors.clear()
+        try:
+            self._con.execute("CHECKPOINT")
+        finally:
+            self._con.close()
+
+    # -- reads (any thread; one cursor per thread) -------------------------------------------------------
+
+    def _cursor(self) -> Any:
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cur = cur
+            with self._cursors_lock:
+                self._cursors.append(cur)
+        return cur
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query; rows as dicts keyed by column name."""
+        cur = self._cursor()
+        res = cur.execute(sql, list(params))
+        names = [d[0] for d in res.description]
+        return [dict(zip(names, r, strict=True)) for r in res.fetchall()]
+
+    def count(self, table: str) -> int:
+        """Rows in ``table`` (one of the schema's tables)."""
+        if table not in ("viewer_events", "probe_reports", "incidents"):
+            raise ValueError(f"table: unknown {table!r}")
+        return int(self._cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def latest_probe_qoe(self) -> list[dict[str, Any]]:
+        """The newest report per (region, target_url): what /metrics shows after a restart."""
+        return self.query(
+            """
+            SELECT region, target_url, started_ms, duration_s, failure,
+                   ttff_ms, stall_ratio, loss_pct, hd_share
+            FROM probe_reports
+            QUALIFY row_number() OVER (PARTITION BY region, target_url ORDER BY started_ms DESC) = 1
+            """
+        )
+
+    def incidents(self, from_ms: int, to_ms: int) -> list[dict[str, Any]]:
+        """Incidents overlapping [from_ms, to_ms); ``segment`` decoded to a dict."""
+        rows = self.query(
+            "SELECT incident_id, start_ms, end_ms, segment, summary FROM incidents "
+            "WHERE start_ms < ? AND coalesce(end_ms, 9223372036854775807) >= ? ORDER BY start_ms",
+            [to_ms, from_ms],
+        )
+        for r in rows:
+            r["segment"] = json.loads(r["segment"])
+        return rows
