@@ -59,12 +59,13 @@ class TokenBucket:
         self.rate_kbps = rate_kbps
         self.burst_bytes = burst_bytes
         self.queue_ms = queue_ms
-        self._tau_ms = burst_bytes * 8 / rate_kbps
         self._tat_ms = float("-inf")
 
     def admit(self, now_ms: float, size_bytes: int) -> float | None:
         """When a packet of ``size_bytes`` arriving at ``now_ms`` leaves, ms (≥ now_ms); None if dropped."""
-        depart = max(now_ms, self._tat_ms - self._tau_ms)
+        # the bucket holds size_bytes once it is no fuller than (burst - size): GCRA with that tolerance
+        tolerance_ms = max(0, self.burst_bytes - size_bytes) * 8 / self.rate_kbps
+        depart = max(now_ms, self._tat_ms - tolerance_ms)
         if depart - now_ms > self.queue_ms:
             return None
         self._tat_ms = max(depart, self._tat_ms) + size_bytes * 8 / self.rate_kbps

@@ -48,16 +48,22 @@ async def cors_and_access_log(request: web.Request, handler: Handler) -> web.Str
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        exc.headers.update(CORS_HEADERS)
+        _log_request(request, exc.status, started)
+        raise
     response.headers.update(CORS_HEADERS)
+    _log_request(request, response.status, started)
+    return response
+
+
+def _log_request(request: web.Request, status: int, started: float) -> None:
     log.info(
         "http_request",
         method=request.method,
         path=request.path,
-        status=response.status,
+        status=status,
         ms=round((time.perf_counter() - started) * 1000, 1),
     )
-    return response
 
 
 def _room_or_404(request: web.Request) -> Room:
