@@ -18,7 +18,7 @@ from typing import Any
 from collector.config import CollectorConfig, Token
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "fixtures" / "report_golden.json"
+GOLDEN = ROOT / "tests" / "fixtures" / "report_ok.json"  # the lead's golden report
 
 PROBE_EU = "probe-eu-secret-0123456789"
 PROBE_ANY = "probe-any-secret-0123456789"
@@ -83,6 +83,7 @@ def report(region: str | None = "eu-west", *, started_ms: int = T0_MS, failure: 
             },
         }
     d["report_id"] = report_id or str(uuid.uuid4())
+    d["labels"] = {"isp": "isp-a", "cdn": "edge-1"}
     d["region"] = region
     d["started_at"] = utc(started_ms)
     d["target"] = {**d["target"], "url": target}

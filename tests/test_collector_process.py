@@ -1,0 +1,151 @@
+"""The collector as a real subprocess over TCP: ingest, kill -9 in the middle of a stream, outage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+import pytest
+
+from probe.spool import Spool
+from probe.upload import deliver, flush_spool
+from tests.collector_helpers import (
+    PLATFORM,
+    PROBE_EU,
+    READER,
+    ROOT,
+    auth,
+    collector_process,
+    event,
+    free_port,
+    report,
+    start_collector,
+    write_config,
+)
+
+
+async def test_ingest_over_tcp(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port)
+    with collector_process(cfg, port, tmp_path / "log"):
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{base}/v1/events", json=[event(i) for i in range(10)], headers=auth(PLATFORM)) as r:
+                assert r.status == 200 and (await r.json())["new"] == 10
+            async with s.post(f"{base}/v1/reports", json=report("eu-west"), headers=auth(PROBE_EU)) as r:
+                assert r.status == 200
+            async with s.get(f"{base}/metrics", headers=auth(READER)) as r:
+                assert "streamqoe_probe_ttff_seconds" in await r.text()
+    # a clean stop checkpoints: the file alone holds everything, no WAL left behind
+    assert not (tmp_path / "db.duckdb.wal").exists()
+    con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM viewer_events").fetchone() == (10,)
+    log_text = (tmp_path / "log").read_text()
+    assert '"event": "request"' in log_text and PLATFORM not in log_text
+
+
+def test_default_run_prints_dev_tokens(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamqoe", "collector", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().decode() for _ in range(7)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = "".join(lines)
+    assert "development tokens" in text and "reader" in text and "dashboard: http://127.0.0.1" in text
+    assert (tmp_path / "streamqoe.duckdb").exists()
+
+
+def test_refuses_public_listener_without_tokens(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "streamqoe", "collector", "--host", "0.0.0.0", "--port", "1"],
+                       cwd=tmp_path, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert p.returncode == 2 and b"refusing" in p.stderr
+
+
+BATCH = 200
+
+
+async def _stream(base: str, worker: int, acked: list[int], stop: asyncio.Event) -> None:
+    n = 0
+    async with aiohttp.ClientSession() as s:
+        while not stop.is_set():
+            b = worker * 1_000_000 + n
+            n += 1
+            batch = [{**event(i), "event_id": f"b-{b}-{i}"} for i in range(BATCH)]
+            try:
+                async with s.post(f"{base}/v1/events", json=batch, headers=auth(PLATFORM)) as r:
+                    if r.status == 200:
+                        acked.append(b)
+            except (aiohttp.ClientError, OSError):
+                return  # the collector died under us
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_loses_no_acknowledged_item_and_no_partial_batch(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "db.duckdb"
+    cfg = write_config(tmp_path / "c.toml", db, port)
+    proc = start_collector(cfg, port, tmp_path / "log")
+    acked: list[int] = []
+    stop = asyncio.Event()
+    base = f"http://127.0.0.1:{port}"
+    tasks = [asyncio.create_task(_stream(base, w, acked, stop)) for w in range(4)]
+    deadline = time.monotonic() + 30
+    while len(acked) < 40 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # requests are in flight on four connections
+    proc.wait()
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert len(acked) >= 40
+    # restart: DuckDB replays its WAL
+    with collector_process(cfg, port, tmp_path / "log"):
+        pass
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute(
+        "SELECT split_part(event_id, '-', 2)::BIGINT AS b, count(*) FROM viewer_events GROUP BY b"
+    ).fetchall()
+    stored = dict(rows)
+    assert set(acked) <= set(stored), "an acknowledged batch is missing"
+    assert all(c == BATCH for c in stored.values()), "a partial batch was stored"
+
+
+async def test_outage_then_flush_nothing_lost_nothing_duplicated(tmp_path: Path) -> None:
+    port = free_port()
+    spool = tmp_path / "spool"
+    base = f"http://127.0.0.1:{port}"
+    reports = [report("eu-west") for _ in range(3)]
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    for r in reports:
+        res = await deliver(r, spool_dir=spool, collector_url=base, token=PROBE_EU, attempts=2, sleep=no_sleep)
+        assert res.status == "spooled"
+    assert len(Spool(spool).pending()) == 3
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port)
+    with collector_process(cfg, port, tmp_path / "log"):
+        results = await flush_spool(spool_dir=spool, collector_url=base, token=PROBE_EU, sleep=no_sleep)
+        assert [x.status for x in results] == ["delivered"] * 3
+        # a second flush (e.g. the next run) has nothing left to send
+        assert await flush_spool(spool_dir=spool, collector_url=base, token=PROBE_EU, sleep=no_sleep) == []
+        # resending the same reports (a lost acknowledgement) stores nothing twice
+        res = await deliver(reports[0], spool_dir=spool, collector_url=base, token=PROBE_EU, sleep=no_sleep)
+        assert res.duplicate
+    con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
+    ids = sorted(r[0] for r in con.execute("SELECT report_id FROM probe_reports").fetchall())
+    assert ids == sorted(r["report_id"] for r in reports)
+
+
