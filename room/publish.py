@@ -70,14 +70,22 @@ class PublishTarget:
         codec = q.get("codec", "vp8").lower()
         if codec not in ("vp8", "h264"):
             raise ValueError(f"codec: {codec!r} must be vp8 or h264")
-        return cls(host=p.hostname, video_port=p.port, audio_port=int(q["audio"]) if "audio" in q else None,
-                   codec=codec, width=width, height=height, fps=float(q.get("fps", 30)),
-                   kbps=int(q.get("kbps", 1500)), video_pt=int(q.get("pt", 96)),
-                   keyframe_interval_s=float(q.get("gop", 1.0)))
+        return cls(
+            host=p.hostname,
+            video_port=p.port,
+            audio_port=int(q["audio"]) if "audio" in q else None,
+            codec=codec,
+            width=width,
+            height=height,
+            fps=float(q.get("fps", 30)),
+            kbps=int(q.get("kbps", 1500)),
+            video_pt=int(q.get("pt", 96)),
+            keyframe_interval_s=float(q.get("gop", 1.0)),
+        )
 
 
 class RtpStream:
-    """One RTP stream (SSRC, sequence numbers) over a connected UDP socket; packetizes with aiortc's ``pack``."""
+    """One RTP stream (SSRC, sequence numbers) on a connected UDP socket; packetized by aiortc's ``pack``."""
 
     def __init__(self, sock: socket.socket, payload_type: int, packer: Any, clock_rate: int) -> None:
         self.sock = sock
@@ -93,14 +101,18 @@ class RtpStream:
     def send(self, frame: EncodedFrame) -> None:
         payloads, timestamp = self.packer.pack(frame.packet)
         for i, payload in enumerate(payloads):
-            pkt = RtpPacket(payload_type=self.payload_type, marker=int(i == len(payloads) - 1),
-                            sequence_number=self.seq, timestamp=(timestamp + self.ts_offset) % 2**32,
-                            ssrc=self.ssrc, payload=payload)
+            pkt = RtpPacket(
+                payload_type=self.payload_type,
+                marker=int(i == len(payloads) - 1),
+                sequence_number=self.seq,
+                timestamp=(timestamp + self.ts_offset) % 2**32,
+                ssrc=self.ssrc,
+                payload=payload,
+            )
             data = pkt.serialize()
-            try:
+            # nobody listening (ICMP port unreachable) or buffer full: RTP is lossy anyway
+            with contextlib.suppress(OSError):
                 self.sock.send(data)
-            except OSError:  # nobody listening (ICMP port unreachable) or buffer full: RTP is lossy anyway
-                pass
             self.seq = (self.seq + 1) % 2**16
             self.packets_sent += 1
             self.bytes_sent += len(data)
@@ -132,8 +144,9 @@ class Publisher:
         epoch = time.monotonic()
         t = target
         rendition = Rendition(name=f"{t.height}p", width=t.width, height=t.height, fps=t.fps, kbps=t.kbps)
-        self.video = SharedVideoEncoder("publish", t.codec, rendition, keyframe_interval_s=t.keyframe_interval_s,
-                                        epoch=epoch)
+        self.video = SharedVideoEncoder(
+            "publish", t.codec, rendition, keyframe_interval_s=t.keyframe_interval_s, epoch=epoch
+        )
         packer = Vp8Encoder() if t.codec == "vp8" else H264Encoder()
         self.video_stream = RtpStream(_udp(t.host, t.video_port), t.video_pt, packer, 90_000)
         self.audio: SharedAudioEncoder | None = None
@@ -158,17 +171,25 @@ class Publisher:
                 s.sock.close()
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"video": {**self.video.stats(), "packets_sent": self.video_stream.packets_sent}}
+        out: dict[str, Any] = {
+            "video": {**self.video.stats(), "packets_sent": self.video_stream.packets_sent}
+        }
         if self.audio is not None and self.audio_stream is not None:
             out["audio"] = {**self.audio.stats(), "packets_sent": self.audio_stream.packets_sent}
         return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", help="rtp://HOST:VIDEO_PORT[?audio=PORT&codec=vp8|h264&size=1280x720&fps=30"
-                                    "&kbps=1500&pt=96&gop=1]")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run "
-                                                                     "until SIGINT/SIGTERM)")
+    parser.add_argument(
+        "url",
+        help="rtp://HOST:VIDEO_PORT[?audio=PORT&codec=vp8|h264&size=1280x720&fps=30&kbps=1500&pt=96&gop=1]",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until SIGINT/SIGTERM)",
+    )
 
 
 async def _main(target: PublishTarget, duration_s: float | None) -> None:
@@ -179,8 +200,15 @@ async def _main(target: PublishTarget, duration_s: float | None) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     pub.start()
-    log.info("publishing", host=target.host, video_port=target.video_port, audio_port=target.audio_port,
-             codec=target.codec, size=f"{target.width}x{target.height}", fps=target.fps)
+    log.info(
+        "publishing",
+        host=target.host,
+        video_port=target.video_port,
+        audio_port=target.audio_port,
+        codec=target.codec,
+        size=f"{target.width}x{target.height}",
+        fps=target.fps,
+    )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), duration_s)
     await pub.stop()
