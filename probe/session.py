@@ -403,7 +403,9 @@ class Session:
     def _timeline(self, end_ms: float) -> tuple[TimelineSample, ...]:
         v = self.video
         frozen = v.frozen_ms_by_second()
-        n = int(end_ms // 1000) + (1 if end_ms % 1000 > 0 else 0)
+        # whole seconds, plus the last partial one if it lasted at least 250 ms (a few ms of "second"
+        # with no frames would read as a drop to 0 fps)
+        n = int(end_ms // 1000) + (1 if end_ms % 1000 >= 250 else 0)
         snaps = {s["sec"]: s for s in self.samples}
         prev = {"received": 0, "lost": 0, "bytes": 0}
         out = []

@@ -1,0 +1,235 @@
+"""The probe against the embedded room's ground truth: real aiortc on both ends, over loopback.
+
+Each test configures what the room does to the probe (a scenario), runs a real probe session, and
+compares the report with the room's own record of what it sent, dropped, froze and switched.
+Bounds are generous where timing is involved: these tests must not fail on scheduling noise.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from probe.report import Report
+from probe.session import ProbeOptions, run_session
+from room.config import Rendition, RoomConfig, ServerConfig
+from room.scenario import parse as parse_scenario
+from room.server import RoomServer
+
+pytestmark = pytest.mark.slow
+
+
+def small(name: str) -> dict[str, Any]:
+    """A 640x360 room: cheap to encode and decode, so timing tests do not depend on a free CPU."""
+    return {"name": name, "renditions": [{"name": "360p", "width": 640, "height": 360, "fps": 30, "kbps": 600}]}
+
+
+def started_ms(report: Report) -> float:
+    return datetime.fromisoformat(report.started_at.replace("Z", "+00:00")).timestamp() * 1000.0
+
+
+async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decode: bool = True,
+                     query: str = "") -> tuple[Report, dict[str, Any]]:
+    """Run one probe session against a room built from ``scenario``; returns (report, viewer truth)."""
+    config = parse_scenario(scenario).server_config()
+    async with RoomServer(config) as server:
+        room = config.rooms[0].name
+        report = await run_session(ProbeOptions(url=server.whep_url(room) + query, duration_s=duration_s,
+                                                decode=decode))
+        truth = server.rooms[room].truth()
+    viewers = truth["viewers"]
+    return report, viewers[-1] if viewers else {}
+
+
+def video_stream(report: Report) -> Any:
+    return next(s for s in report.summary.streams if s.kind == "video")
+
+
+async def test_clean_session_matches_what_the_room_sent() -> None:
+    report, truth = await probe_room({"rooms": [{"name": "clean"}]}, duration_s=5)
+    assert report.failure is None, report.failure_message
+    v = report.summary.video
+    assert v is not None
+    assert (v.width, v.height) == (1280, 720)
+    assert v.freezeCount == 0 and v.pauseCount == 0 and v.stall_ratio == 0.0
+    # frames: the probe got every frame the room sent it (the room's encoder may skip ticks on a busy
+    # machine; those frames were never sent, and the probe sees them as skipped marker numbers)
+    assert abs(v.framesReceived - truth["frames_sent"]) <= 3
+    assert v.marker_frames == v.framesDecoded and v.marker_repeated_frames == 0
+    never_sent = truth["last_marker_seq"] - truth["first_video_packet"]["marker_seq"] + 1 - truth["frames_sent"]
+    assert v.marker_skipped_frames == pytest.approx(never_sent, abs=3)
+    assert v.fps_mean is not None and v.fps_mean == pytest.approx(v.framesDecoded / v.watch_time_s, rel=0.01)
+    assert v.hd_share == pytest.approx(1.0)
+    st = video_stream(report)
+    sent = truth["video"]["packets_sent"]
+    # the probe counts until it closes the connection, the room until the DELETE: a few packets apart
+    assert abs(st.packetsReceived - sent) <= 10
+    assert st.packetsLost == 0 and st.loss_pct == 0.0
+    audio = report.summary.audio
+    assert audio is not None and audio.framesReceived > 200 and audio.gapCount == 0
+
+
+async def test_ttff_is_consistent_with_the_rooms_first_frame() -> None:
+    report, truth = await probe_room({"rooms": [small("ttff")]}, duration_s=3)
+    j = report.summary.join
+    assert j.signaling_ms is not None and j.ice_connected_ms is not None and j.dtls_connected_ms is not None
+    assert j.first_rtp_ms is not None and j.first_keyframe_ms is not None and j.ttff_ms is not None
+    assert j.signaling_ms <= j.ice_connected_ms <= j.dtls_connected_ms <= j.first_rtp_ms
+    assert j.first_rtp_ms <= j.first_keyframe_ms <= j.ttff_ms
+    # the room's first video packet is a keyframe, sent at once; the probe assembles that keyframe after
+    # the room sent its first packet, and loopback delivery of one frame takes well under 150 ms
+    t0 = started_ms(report)
+    first_sent = truth["first_video_packet"]["wall_ms"]
+    assert truth["first_keyframe"]["wall_ms"] == pytest.approx(first_sent, abs=1.0)
+    keyframe_wall = t0 + j.first_keyframe_ms
+    # started_at has ms resolution: allow 2 ms of rounding
+    assert -2.0 <= keyframe_wall - first_sent <= 150.0
+
+
+async def test_marker_latency_is_sane_on_loopback() -> None:
+    report, _ = await probe_room({"rooms": [small("latency")]}, duration_s=4)
+    v = report.summary.video
+    assert v is not None and v.latency_clock == "same_host"
+    assert v.latency_p50_ms is not None and v.latency_p95_ms is not None
+    # capture → encode (one frame time of pacing + encode) → loopback → decode: tens of ms, never negative
+    assert 0 < v.latency_p50_ms < 400
+    assert v.latency_p50_ms <= v.latency_p95_ms < 1000
+    assert all(s.latency_ms is None or s.latency_ms > 0 for s in report.timeline)
+
+
+@pytest.mark.parametrize("loss_pct", [5.0])
+async def test_configured_loss_is_measured(loss_pct: float) -> None:
+    scenario = {"seed": 7, "rooms": [{"name": "lossy"}], "impairments": [{"loss_pct": loss_pct}]}
+    report, truth = await probe_room(scenario, duration_s=8)
+    assert report.failure is None, report.failure_message
+    st = video_stream(report)
+    video = truth["video"]
+    true_pct = 100.0 * video["packets_dropped"] / (video["packets_sent"] + video["packets_dropped"])
+    assert true_pct == pytest.approx(loss_pct, abs=2.5)  # the room's RNG did what it was told
+    # the probe sees exactly the first transmissions the room dropped (apart from the last few in flight)
+    assert st.loss_pct == pytest.approx(true_pct, abs=0.5)
+    # NACK + RTX repair most of it: residual loss is what retransmission could not recover
+    assert st.nackCount > 0 and st.retransmittedPacketsReceived > 0
+    assert st.residual_loss_pct is not None and st.residual_loss_pct < st.loss_pct
+
+
+async def test_scheduled_freezes_are_counted_with_their_durations() -> None:
+    scenario = {
+        "rooms": [small("freezy")],
+        "impairments": [{"at_ms": 2000, "freeze_ms": 500}, {"at_ms": 4000, "freeze_ms": 1200}],
+    }
+    report, truth = await probe_room(scenario, duration_s=7)
+    v = report.summary.video
+    assert v is not None
+    freezes = [e for e in report.events if e.type == "freeze_start"]
+    assert v.freezeCount == 2 == len(truth["freezes"]), (freezes, truth["freezes"])
+    true_gaps = [f["end_ms"] - f["start_ms"] for f in truth["freezes"]]
+    measured = [float(e.detail["duration_ms"]) for e in freezes]
+    for gap, got in zip(true_gaps, measured, strict=True):
+        assert got == pytest.approx(gap, abs=120), (true_gaps, measured)
+    assert v.totalFreezesDuration == pytest.approx(sum(true_gaps) / 1000, abs=0.2)
+    # each freeze starts where the room stopped sending (relative to the probe's t0)
+    t0 = started_ms(report)
+    for f, e in zip(truth["freezes"], freezes, strict=True):
+        assert e.t_s * 1000 == pytest.approx(f["start_ms"] - t0, abs=150)
+    assert v.stall_ratio == pytest.approx(v.totalFreezesDuration / v.watch_time_s, rel=0.01)
+
+
+async def test_freeze_still_running_at_session_end_is_counted_and_flagged() -> None:
+    scenario = {"rooms": [small("endfreeze")], "impairments": [{"at_ms": 2500, "freeze_ms": 10000}]}
+    report, _ = await probe_room(scenario, duration_s=4)
+    v = report.summary.video
+    assert v is not None and v.freeze_in_progress and v.freezeCount == 1
+    assert v.totalFreezesDuration == pytest.approx(1.5, abs=0.3)
+
+
+async def test_resolution_switch_shows_in_timeline_at_the_rooms_switch_time() -> None:
+    room = {
+        "name": "ladder",
+        "renditions": [
+            {"name": "720p", "width": 1280, "height": 720, "fps": 30, "kbps": 1500},
+            {"name": "360p", "width": 640, "height": 360, "fps": 30, "kbps": 500},
+        ],
+    }
+    scenario = {"rooms": [room], "impairments": [{"at_ms": 3000, "rendition": "360p"}]}
+    for decode in (True, False):
+        report, truth = await probe_room(scenario, duration_s=6, decode=decode)
+        v = report.summary.video
+        assert v is not None
+        sizes = [(c.width, c.height) for c in v.resolution_timeline]
+        assert sizes == [(c["width"], c["height"]) for c in truth["resolution_changes"]] == [
+            (1280, 720), (640, 360)]
+        switch_sent = truth["resolution_changes"][1]["t_ms"] - started_ms(report)
+        assert v.resolution_timeline[1].t_s * 1000 == pytest.approx(switch_sent, abs=250)
+        assert 0.3 < (v.hd_share or 0) < 0.7
+        assert report.timeline[1].height == 720 and report.timeline[-1].height == 360
+
+
+async def test_no_decode_mode_counts_frames_and_says_what_it_cannot_measure() -> None:
+    report, truth = await probe_room({"rooms": [small("nodecode")]}, duration_s=4, decode=False)
+    v = report.summary.video
+    assert report.summary.mode == "no-decode" and v is not None
+    assert v.framesDecoded is None and v.latency_p50_ms is None
+    assert {"framesDecoded", "latency_p50_ms"} <= set(report.summary.unavailable)
+    assert (v.width, v.height) == (640, 360) and v.freezeCount == 0
+    assert abs(v.framesReceived - truth["frames_sent"]) <= 3
+
+
+# --- failures are data -----------------------------------------------------------------------
+async def test_unknown_room_is_whep_http_404() -> None:
+    async with RoomServer(ServerConfig(rooms=(RoomConfig("real"),))) as server:
+        report = await run_session(ProbeOptions(url=server.whep_url("nope"), duration_s=2))
+    assert report.failure == "whep_http_404", report.failure_message
+    assert "404" in (report.failure_message or "")
+    assert report.summary.join.signaling_ms is not None and report.summary.join.ttff_ms is None
+
+
+async def test_refused_join_is_whep_http_503() -> None:
+    scenario = {"rooms": [{"name": "full"}], "refuse_joins": [{"match": {"region": ["eu"]}}]}
+    report, _ = await probe_room(scenario, duration_s=2, query="?region=eu")
+    assert report.failure == "whep_http_503", report.failure_message
+
+
+async def test_closed_port_is_url_unreachable() -> None:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    report = await run_session(ProbeOptions(url=f"http://127.0.0.1:{port}/whep/x", duration_s=2))
+    assert report.failure == "url_unreachable"
+    assert str(port) in (report.failure_message or "")
+
+
+async def test_unsupported_scheme_is_url_invalid() -> None:
+    report = await run_session(ProbeOptions(url="ftp://127.0.0.1/whep/x", duration_s=1))
+    assert report.failure == "url_invalid"
+
+
+async def test_all_packets_dropped_is_no_media() -> None:
+    scenario = {"rooms": [{"name": "blackhole"}], "impairments": [{"at_ms": 0, "loss_pct": 100}]}
+    config = parse_scenario(scenario).server_config()
+    async with RoomServer(config) as server:
+        report = await run_session(ProbeOptions(url=server.whep_url("blackhole"), duration_s=4,
+                                                media_timeout_s=2))
+    assert report.failure == "no_media"
+    assert report.summary.join.dtls_connected_ms is not None and report.summary.join.first_rtp_ms is None
+
+
+async def test_video_frozen_from_the_start_is_no_video() -> None:
+    scenario = {"rooms": [{"name": "novideo"}], "impairments": [{"at_ms": 0, "freeze_ms": 60000}]}
+    config = parse_scenario(scenario).server_config()
+    async with RoomServer(config) as server:
+        report = await run_session(ProbeOptions(url=server.whep_url("novideo"), duration_s=4, media_timeout_s=2))
+    assert report.failure == "no_video"
+    # audio still flows: RTP arrived, so this is not "no_media"
+    assert report.summary.join.first_rtp_ms is not None and report.summary.join.first_audio_ms is not None
+
+
+def test_rendition_config_is_what_the_room_serves() -> None:
+    # guards the assumption above that a room's first rendition is its default
+    cfg = RoomConfig("x", renditions=(Rendition("a", 640, 360, 30, 500), Rendition("b", 1280, 720, 30, 1500)))
+    assert cfg.renditions[0].height == 360
