@@ -141,8 +141,11 @@ def generate(cfg: AudienceConfig) -> tuple[EventTable, AudienceTruth]:
 
     # startup and abandonment
     startup = cfg.startup_median_ms * np.exp(0.5 * rng.standard_normal(n))
-    joins_in_inc = in_seg & (inc is not None) & (start >= (inc.start_ms if inc else 0)) & (
-        start < (inc.end_ms if inc else 0)
+    joins_in_inc = (
+        in_seg
+        & (inc is not None)
+        & (start >= (inc.start_ms if inc else 0))
+        & (start < (inc.end_ms if inc else 0))
     )
     startup_cf = startup.copy()
     if inc is not None and inc.startup_add_ms:
@@ -222,8 +225,23 @@ def generate(cfg: AudienceConfig) -> tuple[EventTable, AudienceTruth]:
         ret_t = left_at[ret_sess] + (rng.uniform(0.5, 10.0, size=ret_sess.size) * DAY_MS).astype(np.int64)
 
     return _assemble(
-        cfg, dim_names, vocab, dims, viewer, start, startup, left_at, sess_height,
-        rec_sess, rec_t, rec_ratio, rec_height, rec_dur, ret_sess, ret_t, rng,
+        cfg,
+        dim_names,
+        vocab,
+        dims,
+        viewer,
+        start,
+        startup,
+        left_at,
+        sess_height,
+        rec_sess,
+        rec_t,
+        rec_ratio,
+        rec_height,
+        rec_dur,
+        ret_sess,
+        ret_t,
+        rng,
     ), AudienceTruth(caused, affected, n)
 
 
@@ -259,20 +277,47 @@ def _assemble(
     ret_code = n + np.arange(n_ret, dtype=np.int64)  # a return is a new session of the same viewer
     parts_t = [start, q_t, left_at[left], ret_t, ret_t + 60_000, ret_t + 60_001]
     parts_type = [
-        np.full(n, JOIN), np.full(q_t.size, QOE), np.full(left.size, LEAVE),
-        np.full(n_ret, JOIN), np.full(n_ret, QOE), np.full(n_ret, LEAVE),
+        np.full(n, JOIN),
+        np.full(q_t.size, QOE),
+        np.full(left.size, LEAVE),
+        np.full(n_ret, JOIN),
+        np.full(n_ret, QOE),
+        np.full(n_ret, LEAVE),
     ]
     parts_sess = [np.arange(n), q_sess, left, ret_code, ret_code, ret_code]
     parts_src = [np.arange(n), q_sess, left, ret_sess, ret_sess, ret_sess]
-    parts_startup = [startup, np.full(q_t.size, nan), np.full(left.size, nan),
-                     cfg.startup_median_ms * np.exp(0.5 * rng.standard_normal(n_ret)),
-                     np.full(n_ret, nan), np.full(n_ret, nan)]
-    parts_stall = [np.full(n, nan), q_stall, np.full(left.size, nan), np.full(n_ret, nan),
-                   np.zeros(n_ret), np.full(n_ret, nan)]
-    parts_watch = [np.full(n, nan), q_dur - q_stall, np.full(left.size, nan), np.full(n_ret, nan),
-                   np.full(n_ret, 60_000.0), np.full(n_ret, nan)]
-    parts_height = [np.full(n, nan), q_h.astype(float), np.full(left.size, nan), np.full(n_ret, nan),
-                    sess_height[ret_sess].astype(float), np.full(n_ret, nan)]
+    parts_startup = [
+        startup,
+        np.full(q_t.size, nan),
+        np.full(left.size, nan),
+        cfg.startup_median_ms * np.exp(0.5 * rng.standard_normal(n_ret)),
+        np.full(n_ret, nan),
+        np.full(n_ret, nan),
+    ]
+    parts_stall = [
+        np.full(n, nan),
+        q_stall,
+        np.full(left.size, nan),
+        np.full(n_ret, nan),
+        np.zeros(n_ret),
+        np.full(n_ret, nan),
+    ]
+    parts_watch = [
+        np.full(n, nan),
+        q_dur - q_stall,
+        np.full(left.size, nan),
+        np.full(n_ret, nan),
+        np.full(n_ret, 60_000.0),
+        np.full(n_ret, nan),
+    ]
+    parts_height = [
+        np.full(n, nan),
+        q_h.astype(float),
+        np.full(left.size, nan),
+        np.full(n_ret, nan),
+        sess_height[ret_sess].astype(float),
+        np.full(n_ret, nan),
+    ]
     if cfg.heartbeats and q_t.size:
         hb = q_dur > 30_000
         parts_t.append(q_t[hb] - q_dur[hb] + 30_000)
@@ -320,8 +365,11 @@ def iter_wire_events(table: EventTable) -> Iterator[dict[str, Any]]:
             d[name] = table.vocab[j][int(table.dims[i, j])]
         if "room" not in d:
             d["room"] = "main"
-        for name, col in (("startup_ms", table.startup_ms), ("stall_ms", table.stall_ms),
-                          ("watch_ms", table.watch_ms)):
+        for name, col in (
+            ("startup_ms", table.startup_ms),
+            ("stall_ms", table.stall_ms),
+            ("watch_ms", table.watch_ms),
+        ):
             v = col[i]
             if not np.isnan(v):
                 d[name] = round(float(v), 1)

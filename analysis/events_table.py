@@ -50,9 +50,19 @@ class EventTable:
     def subset(self, mask: NDArray[np.bool_]) -> EventTable:
         """The events where ``mask`` holds (vocabularies and codes unchanged)."""
         return EventTable(
-            self.t_ms[mask], self.etype[mask], self.session[mask], self.viewer[mask], self.dims[mask],
-            self.dim_names, self.vocab, self.viewer_ids, self.session_ids, self.startup_ms[mask],
-            self.stall_ms[mask], self.watch_ms[mask], self.height[mask],
+            self.t_ms[mask],
+            self.etype[mask],
+            self.session[mask],
+            self.viewer[mask],
+            self.dims[mask],
+            self.dim_names,
+            self.vocab,
+            self.viewer_ids,
+            self.session_ids,
+            self.startup_ms[mask],
+            self.stall_ms[mask],
+            self.watch_ms[mask],
+            self.height[mask],
         )
 
 
@@ -60,6 +70,17 @@ def empty_table(dim_names: tuple[str, ...] = DIMENSIONS) -> EventTable:
     """A table with no events."""
     z = np.zeros(0)
     return EventTable(
-        np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64),
-        np.zeros((0, len(dim_names)), np.int32), dim_names, [[] for _ in dim_names], [], [], z, z, z, z,
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int8),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros((0, len(dim_names)), np.int32),
+        dim_names,
+        [[] for _ in dim_names],
+        [],
+        [],
+        z,
+        z,
+        z,
+        z,
     )

@@ -36,8 +36,12 @@ class Impact:
 
 
 def did_leaves(
-    leaves_s: FloatArray, risk_s: FloatArray, leaves_c: FloatArray, risk_c: FloatArray,
-    base: NDArray[np.int64], inc: NDArray[np.int64],
+    leaves_s: FloatArray,
+    risk_s: FloatArray,
+    leaves_c: FloatArray,
+    risk_c: FloatArray,
+    base: NDArray[np.int64],
+    inc: NDArray[np.int64],
 ) -> tuple[float, float]:
     """(viewers lost, expected leaves) from per-minute leaves / at-risk of S and C."""
     h_sb = leaves_s[base].sum() / max(risk_s[base].sum(), 1e-9)
@@ -49,8 +53,15 @@ def did_leaves(
 
 
 def estimate(
-    leaves_s: FloatArray, risk_s: FloatArray, leaves_c: FloatArray, risk_c: FloatArray,
-    base: NDArray[np.int64], inc: NDArray[np.int64], *, rng: np.random.Generator, n_boot: int = 1000,
+    leaves_s: FloatArray,
+    risk_s: FloatArray,
+    leaves_c: FloatArray,
+    risk_c: FloatArray,
+    base: NDArray[np.int64],
+    inc: NDArray[np.int64],
+    *,
+    rng: np.random.Generator,
+    n_boot: int = 1000,
 ) -> Impact:
     """Point estimate and 95 % percentile bootstrap interval (``n_boot`` resamples of minutes)."""
     lost, expected = did_leaves(leaves_s, risk_s, leaves_c, risk_c, base, inc)
@@ -67,7 +78,11 @@ def estimate(
     all_leaves = float(leaves_s[inc].sum() + leaves_c[inc].sum())
     risk_i = float(risk_s[inc].sum())
     return Impact(
-        lost, float(lo), float(hi), float(leaves_s[inc].sum()), expected,
+        lost,
+        float(lo),
+        float(hi),
+        float(leaves_s[inc].sum()),
+        expected,
         lost / all_leaves if all_leaves > 0 else 0.0,
         float(leaves_s[inc].sum()) / risk_i if risk_i > 0 else 0.0,
         expected / risk_i if risk_i > 0 else 0.0,

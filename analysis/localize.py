@@ -176,9 +176,7 @@ class Scanner:
 
     def top(self, actual: FloatArray, expected: FloatArray) -> tuple[float, Slice | None]:
         """The largest single-slice deviance gain and its slice (0, None when nothing is elevated)."""
-        best = _best_slices(
-            self._cub, actual, expected, np.ones(self.codes.shape[0], dtype=bool), 0.0, 1
-        )
+        best = _best_slices(self._cub, actual, expected, np.ones(self.codes.shape[0], dtype=bool), 0.0, 1)
         return (best[0][1], best[0][2]) if best else (0.0, None)
 
 
@@ -225,7 +223,9 @@ def localize(
         firsts = [f for f in firsts if f[0] > threshold]
     results: dict[tuple[Slice, ...], RankedSet] = {}
     for first in firsts:
-        chosen: list[tuple[float, float, Slice]] = [_generalise(codes, actual, expected, first, everything, rho, totals)]
+        chosen: list[tuple[float, float, Slice]] = [
+            _generalise(codes, actual, expected, first, everything, rho, totals)
+        ]
         free = ~chosen[0][2].mask(codes)
         while len(chosen) < max_slices:
             nxt = _best_slices(cub, actual, expected, free, order_cost, 1)

@@ -66,9 +66,15 @@ class AnalysisResult:
     def to_json(self) -> dict[str, Any]:
         """The same facts as the HTML report, for machines."""
         out: dict[str, Any] = {
-            "from_ms": self.from_ms, "to_ms": self.to_ms, "minute0_ms": self.t0_ms,
-            "baseline_minutes": self.baseline_minutes, "totals": self.totals, "thresholds": self.thresholds,
-            "incidents": [], "series": self.series, "winback_count": len(self.winback_rows),
+            "from_ms": self.from_ms,
+            "to_ms": self.to_ms,
+            "minute0_ms": self.t0_ms,
+            "baseline_minutes": self.baseline_minutes,
+            "totals": self.totals,
+            "thresholds": self.thresholds,
+            "incidents": [],
+            "series": self.series,
+            "winback_count": len(self.winback_rows),
         }
         for inc in self.incidents:
             d = asdict(inc)
@@ -151,8 +157,12 @@ def run_analysis(
         num, den, _ = metrics[lead.metric]
         p = leaf_baseline(num[:, base], den[:, base])
         ranked = localize(
-            codes, num[:, inc_idx].sum(1), (den[:, inc_idx] * p[:, None]).sum(1),
-            threshold=lead.threshold, totals=den[:, inc_idx].sum(1), require_first=True,
+            codes,
+            num[:, inc_idx].sum(1),
+            (den[:, inc_idx] * p[:, None]).sum(1),
+            threshold=lead.threshold,
+            totals=den[:, inc_idx].sum(1),
+            require_first=True,
         )
         if not ranked:
             continue
@@ -166,8 +176,13 @@ def run_analysis(
             mask |= e.slice.mask(codes)
         start_ms, end_ms = grid.t0_ms + start * MINUTE_MS, grid.t0_ms + end * MINUTE_MS
         impact = estimate(
-            grid.leaves_n[mask].sum(0), grid.at_risk[mask].sum(0),
-            grid.leaves_n[~mask].sum(0), grid.at_risk[~mask].sum(0), base, inc_idx, rng=rng,
+            grid.leaves_n[mask].sum(0),
+            grid.at_risk[mask].sum(0),
+            grid.leaves_n[~mask].sum(0),
+            grid.at_risk[~mask].sum(0),
+            base,
+            inc_idx,
+            rng=rng,
         )
         inc_id = f"inc-{start_ms // 1000}-{k + 1}"
         ss = slice_series(grid, mask)
@@ -179,22 +194,44 @@ def run_analysis(
             moved[name] = {"baseline": b, "during": d, "change": d - b}
         lr_b = float(grid.leaves_n[mask][:, bm].sum()) / max(float(grid.at_risk[mask][:, bm].sum()), 1e-9)
         moved["leave_rate_per_min"] = {
-            "baseline": lr_b, "during": impact.hazard_affected, "change": impact.hazard_affected - lr_b,
+            "baseline": lr_b,
+            "during": impact.hazard_affected,
+            "change": impact.hazard_affected - lr_b,
         }
         hd = ss["hd_share"]
         hb = [v for i, v in enumerate(hd) if bm[i] and v is not None]
         hi = [v for i, v in enumerate(hd) if im[i] and v is not None]
         if hb and hi:
-            moved["hd_share"] = {"baseline": float(np.mean(hb)), "during": float(np.mean(hi)),
-                                 "change": float(np.mean(hi) - np.mean(hb))}
+            moved["hd_share"] = {
+                "baseline": float(np.mean(hb)),
+                "during": float(np.mean(hi)),
+                "change": float(np.mean(hi) - np.mean(hb)),
+            }
         wb, rates = winback(
-            sessions, mask, start_ms, end_ms, inc_id, table.viewer_ids, table.session_ids, data_end,
+            sessions,
+            mask,
+            start_ms,
+            end_ms,
+            inc_id,
+            table.viewer_ids,
+            table.session_ids,
+            data_end,
         )
         rows.extend(wb)
-        incidents.append(Incident(
-            inc_id, start_ms, end_ms, segment, moved, sorted({f.metric for f in group}), impact, len(wb),
-            rates, [[label(e.slice.items) for e in r.slices] for r in ranked[1:]],
-        ))
+        incidents.append(
+            Incident(
+                inc_id,
+                start_ms,
+                end_ms,
+                segment,
+                moved,
+                sorted({f.metric for f in group}),
+                impact,
+                len(wb),
+                rates,
+                [[label(e.slice.items) for e in r.slices] for r in ranked[1:]],
+            )
+        )
         say(f"incident {inc_id}: {incidents[-1].summary}")
     series: dict[str, dict[str, list[float | None]]] = {}
     allmask = np.ones(grid.leaves.shape[0], dtype=bool)
@@ -220,5 +257,6 @@ def run_analysis(
         "watch_hours": float(grid.play_ms.sum() / 3.6e6),
         "minutes": float(n_m),
     }
-    return AnalysisResult(from_ms, to_ms, grid.t0_ms, int(base.size), incidents, series, rows, totals,
-                          thresholds)
+    return AnalysisResult(
+        from_ms, to_ms, grid.t0_ms, int(base.size), incidents, series, rows, totals, thresholds
+    )

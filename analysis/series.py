@@ -138,9 +138,17 @@ def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) 
     lv = si[sessions.left[si] & (sessions.end_ms[si] < to_ms)]
     key_l = sl[lv] * m_n + (sessions.end_ms[lv] - t0) // MINUTE_MS
     return Grid(
-        t0, leaves, table.dim_names, table.vocab,
-        grid(key_q, st), grid(key_q, pl), grid(key_j), grid(key_j, slow.astype(float)), grid(key_l),
-        at_risk, grid(key_q, low),
+        t0,
+        leaves,
+        table.dim_names,
+        table.vocab,
+        grid(key_q, st),
+        grid(key_q, pl),
+        grid(key_j),
+        grid(key_j, slow.astype(float)),
+        grid(key_l),
+        at_risk,
+        grid(key_q, low),
     )
 
 
@@ -151,6 +159,7 @@ def slice_series(grid: Grid, mask: NDArray[np.bool_]) -> dict[str, list[float | 
     joins with startup > 2 s / joins; ``leave_rate`` = leaves / at-risk (the per-minute leave hazard);
     ``concurrent`` = sessions active in the minute; ``watch_min`` = minutes played. None when undefined.
     """
+
     def s(a: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray(a[mask].sum(axis=0), dtype=np.float64)
 

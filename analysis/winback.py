@@ -76,7 +76,9 @@ def winback(
     """Viewers to win back and the return rates; bad QoE = session stall ratio ≥ ``bad_stall_ratio`` or
     startup > 2 s; a session counts when it left between ``start_ms`` and ``end_ms + grace_ms``."""
     leaf = sessions.leaf
-    ended = sessions.left & (sessions.end_ms >= start_ms) & (sessions.end_ms < end_ms + grace_ms) & (leaf >= 0)
+    ended = (
+        sessions.left & (sessions.end_ms >= start_ms) & (sessions.end_ms < end_ms + grace_ms) & (leaf >= 0)
+    )
     in_s = np.zeros(leaf.size, dtype=bool)
     in_s[leaf >= 0] = affected_leaf[leaf[leaf >= 0]]
     ratio = np.where(sessions.play_ms > 0, sessions.stall_ms / np.maximum(sessions.play_ms, 1.0), np.nan)
@@ -87,8 +89,11 @@ def winback(
     r_una = returned_within(sessions, una, data_end_ms)
     rows = [
         WinbackRow(
-            viewer_ids[int(sessions.viewer[i])], session_ids[int(i)], incident_id,
-            int(sessions.end_ms[i]), int(sessions.end_ms[i]) + WINDOW_MS,
+            viewer_ids[int(sessions.viewer[i])],
+            session_ids[int(i)],
+            incident_id,
+            int(sessions.end_ms[i]),
+            int(sessions.end_ms[i]) + WINDOW_MS,
             None if np.isnan(ratio[i]) else float(ratio[i]),
             None if np.isnan(sessions.startup_ms[i]) else float(sessions.startup_ms[i]),
             None if np.isnan(r) else bool(r),

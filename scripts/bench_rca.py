@@ -114,9 +114,7 @@ def predict(grid: Grid, timestamp: int, top_k: int = 5) -> list[list[dict[str, s
     ranked = localize(codes, num[:, t], exp, threshold=thr, top_k=top_k, require_first=True, totals=den[:, t])
     out = []
     for rs in ranked:
-        out.append(
-            [{grid.attrs[d]: grid.values[d][v] for d, v in eff.slice.items} for eff in rs.slices]
-        )
+        out.append([{grid.attrs[d]: grid.values[d][v] for d, v in eff.slice.items} for eff in rs.slices])
     return out
 
 
@@ -163,14 +161,20 @@ def main() -> int:
     n = len(incidents)
     ts = np.array(times)
     print(f"RS live stalls: {n} incidents (split={args.split})")
-    print(f"{'method':34s} {'F1':>6s} {'P':>6s} {'R':>6s} {'top1':>6s} {'top3':>6s} {'top5':>6s} {'s/inc':>14s}")
+    print(
+        f"{'method':34s} {'F1':>6s} {'P':>6s} {'R':>6s} {'top1':>6s} {'top3':>6s} {'top5':>6s} {'s/inc':>14s}"
+    )
     print(
         f"{'streamqoe scan (this repo)':34s} {f1:6.3f} {p:6.3f} {r:6.3f} "
         f"{hits[1] / n:6.1%} {hits[3] / n:6.1%} {hits[5] / n:6.1%} "
         f"{ts.mean():.3f} (max {ts.max():.2f})"
     )
-    print(f"{'RobustSpot (RiskLoc harness)':34s} {0.418:6.3f} {0.276:6.3f} {0.860:6.3f} {'':>6s} {'':>6s} {'':>6s}")
-    print(f"{'RobustSpot (published results)':34s} {'':>6s} {'':>6s} {'':>6s} {0.563:6.1%} {0.652:6.1%} {0.711:6.1%}")
+    print(
+        f"{'RobustSpot (RiskLoc harness)':34s} {0.418:6.3f} {0.276:6.3f} {0.860:6.3f} {'':>6s} {'':>6s} {'':>6s}"
+    )
+    print(
+        f"{'RobustSpot (published results)':34s} {'':>6s} {'':>6s} {'':>6s} {0.563:6.1%} {0.652:6.1%} {0.711:6.1%}"
+    )
     print(f"{'Adtributor (RiskLoc harness)':34s} {0.274:6.3f}")
     return 0
 

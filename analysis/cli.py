@@ -1,0 +1,134 @@
+"""``streamqoe analyze``: find QoE regressions, the segment at fault and the viewers lost; write a report.
+
+Sources: ``--db FILE`` (the collector's DuckDB file), ``--events FILE.ndjson`` (an export), or
+``--collector URL --token T`` (not implemented yet: the collector's read API is not there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from analysis.load import LoadError, from_duckdb, from_ndjson
+from analysis.pipeline import AnalysisError, run_analysis
+from analysis.report_html import write_report
+
+log = structlog.get_logger()
+
+
+def _parse_time(s: str) -> int:
+    try:
+        if s.isdigit():
+            return int(s)
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {s!r} (RFC 3339, e.g. 2026-11-21T12:00Z, or ms)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``analyze`` options."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--db", type=Path, help="collector DuckDB file")
+    src.add_argument("--events", type=Path, help="NDJSON export of viewer events")
+    src.add_argument("--collector", help="collector base URL (needs --token)")
+    p.add_argument("--token", help="collector read token")
+    p.add_argument(
+        "--from", dest="from_ms", type=_parse_time, help="window start (RFC 3339 or ms); default: first event"
+    )
+    p.add_argument(
+        "--to", dest="to_ms", type=_parse_time, help="window end (exclusive); default: last event + 1 ms"
+    )
+    p.add_argument("--baseline-minutes", type=int, default=30, help="leading minutes used as the baseline")
+    p.add_argument("--out", type=Path, default=Path("report"), help="report directory")
+    p.add_argument("--write-incidents", action="store_true", help="also insert incidents into the --db file")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 ok, 2 bad input (message on stderr, no traceback)."""
+
+    def progress(msg: str) -> None:
+        print(f"[analyze {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        if args.collector:
+            if not args.token:
+                raise LoadError("--collector needs --token")
+            raise LoadError(
+                "reading from the collector's API is not implemented yet; export the events "
+                "(--events FILE.ndjson) or point --db at the collector's DuckDB file"
+            )
+        progress("loading events")
+        if args.db:
+            lo = args.from_ms if args.from_ms is not None else 0
+            hi = args.to_ms if args.to_ms is not None else 2**62
+            table = from_duckdb(args.db, lo, hi)
+        else:
+            table = from_ndjson(args.events)
+        if table.n == 0:
+            raise AnalysisError("no viewer events in the source for that window")
+        from_ms = args.from_ms if args.from_ms is not None else int(table.t_ms.min())
+        to_ms = args.to_ms if args.to_ms is not None else _default_end(table.t_ms, from_ms)
+        progress(f"{table.n} events loaded; analysing")
+        result = run_analysis(
+            table, from_ms, to_ms, baseline_minutes=args.baseline_minutes, seed=args.seed, progress=progress
+        )
+        write_report(result, args.out)
+        if args.write_incidents and args.db:
+            _write_incidents(args.db, result)
+    except (LoadError, AnalysisError) as e:
+        print(f"streamqoe analyze: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"streamqoe analyze: {e}", file=sys.stderr)
+        return 2
+    for inc in result.incidents:
+        print(f"{inc.incident_id}\t{inc.summary}")
+    print(
+        f"report written to {args.out}/ ({len(result.incidents)} incidents, {len(result.winback_rows)} to win back)"
+    )
+    return 0
+
+
+def _default_end(t_ms: np.ndarray[Any, np.dtype[np.int64]], from_ms: int) -> int:
+    """End of the first contiguous stretch of events (a gap > 30 min ends it): later events are
+    returning viewers days later, used for return rates but not part of the window."""
+    t = np.sort(t_ms[t_ms >= from_ms])
+    gaps = np.flatnonzero(np.diff(t) > 30 * 60_000)
+    return int(t[gaps[0]] if gaps.size else t[-1]) + 1
+
+
+def _write_incidents(db: Path, result: object) -> None:
+    import json
+
+    import duckdb
+
+    from analysis.load import INCIDENTS_DDL
+    from analysis.pipeline import AnalysisResult
+
+    assert isinstance(result, AnalysisResult)
+    con = duckdb.connect(str(db))
+    try:
+        con.execute(INCIDENTS_DDL)
+        for inc in result.incidents:
+            con.execute("DELETE FROM incidents WHERE incident_id = ?", [inc.incident_id])
+            con.execute(
+                "INSERT INTO incidents VALUES (?, ?, ?, ?, ?)",
+                [inc.incident_id, inc.start_ms, inc.end_ms, json.dumps(inc.segment), inc.summary],
+            )
+    except duckdb.Error as e:
+        raise LoadError(f"{db}: cannot write incidents ({e})") from None
+    finally:
+        con.close()

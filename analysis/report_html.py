@@ -1,0 +1,147 @@
+"""The report directory: ``report.html`` (self-contained, inline SVG, no external assets),
+``report.json`` (the same facts) and ``winback.csv``."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from analysis.pipeline import AnalysisResult
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def svg_line(
+    values: list[float | None],
+    title: str,
+    *,
+    marks: list[tuple[int, int]] = (),  # type: ignore[assignment]
+    w: int = 640,
+    h: int = 140,
+    pct: bool = False,
+) -> str:
+    """A small inline SVG line chart; ``marks`` are (start, end) minute ranges shaded red."""
+    pts = [(i, v) for i, v in enumerate(values) if v is not None]
+    n = max(len(values) - 1, 1)
+    hi = max((v for _, v in pts), default=1.0) or 1.0
+    sx = (w - 50) / n
+    sy = (h - 30) / hi
+    shade = "".join(
+        f'<rect x="{40 + a * sx:.1f}" y="10" width="{max((b - a) * sx, 1):.1f}" height="{h - 30}" '
+        f'fill="#f8d0d0"/>'
+        for a, b in marks
+    )
+    path = " ".join(
+        f"{'M' if k == 0 else 'L'}{40 + i * sx:.1f},{h - 20 - v * sy:.1f}" for k, (i, v) in enumerate(pts)
+    )
+    top = f"{hi:.1%}" if pct else f"{hi:.3g}"
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">'
+        f'{shade}<text x="40" y="9" font-size="10">{html.escape(title)} (max {top})</text>'
+        f'<line x1="40" y1="{h - 20}" x2="{w - 10}" y2="{h - 20}" stroke="#999"/>'
+        f'<path d="{path}" fill="none" stroke="#2060c0" stroke-width="1.5"/>'
+        f'<text x="40" y="{h - 5}" font-size="10">minute 0</text>'
+        f'<text x="{w - 60}" y="{h - 5}" font-size="10">minute {n}</text></svg>'
+    )
+
+
+def write_report(result: AnalysisResult, out_dir: Path) -> None:
+    """Write report.html, report.json and winback.csv into ``out_dir`` (created if missing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(
+        json.dumps(result.to_json(), indent=1, default=str), encoding="utf-8"
+    )
+    with (out_dir / "winback.csv").open("w", newline="", encoding="utf-8") as f:
+        wr = csv.writer(f)
+        wr.writerow(
+            [
+                "viewer_id",
+                "session_id",
+                "incident_id",
+                "left_at",
+                "winback_closes_at",
+                "stall_ratio",
+                "startup_ms",
+                "returned",
+            ]
+        )
+        for r in result.winback_rows:
+            wr.writerow(
+                [
+                    r.viewer_id,
+                    r.session_id,
+                    r.incident_id,
+                    _iso(r.left_ms),
+                    _iso(r.closes_ms),
+                    "" if r.stall_ratio is None else f"{r.stall_ratio:.4f}",
+                    "" if r.startup_ms is None else f"{r.startup_ms:.0f}",
+                    "" if r.returned is None else int(r.returned),
+                ]
+            )
+    marks = [
+        ((i.start_ms - result.t0_ms) // 60_000, (i.end_ms - result.t0_ms) // 60_000) for i in result.incidents
+    ]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>streamqoe analysis</title>",
+        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}td,th{padding:2px 8px;"
+        "border-bottom:1px solid #ddd;text-align:left}</style></head><body>",
+        f"<h1>streamqoe analysis {html.escape(_iso(result.from_ms))} – {html.escape(_iso(result.to_ms))}</h1>",
+        f"<p>{result.totals['sessions']:.0f} sessions, {result.totals['leaves']:.0f} leaves, "
+        f"{result.totals['watch_hours']:.1f} watch hours; baseline: first {result.baseline_minutes} minutes.</p>",
+        f"<h2>Incidents ({len(result.incidents)})</h2>",
+    ]
+    if not result.incidents:
+        parts.append("<p>No QoE regression beat the calibrated threshold.</p>")
+    for inc in result.incidents:
+        im = inc.impact
+        rr = inc.return_rates
+        parts.append(f"<h3>{html.escape(inc.incident_id)}: {html.escape(inc.summary)}</h3>")
+        parts.append(
+            f"<p>{_iso(inc.start_ms)} – {_iso(inc.end_ms)}; detected by {', '.join(inc.detected_by)}.</p>"
+        )
+        parts.append(
+            "<table><tr><th>metric (in segment)</th><th>baseline</th><th>during</th><th>change</th></tr>"
+        )
+        for name, m in inc.metrics.items():
+            parts.append(
+                "<tr><td>{}</td><td>{:.4g}</td><td>{:.4g}</td><td>{:+.4g}</td></tr>".format(
+                    html.escape(name), m["baseline"] or 0.0, m["during"] or 0.0, m["change"] or 0.0
+                )
+            )
+        parts.append("</table>")
+        parts.append(
+            f"<p>Viewers lost: <b>{im.viewers_lost:.0f}</b> (95% CI {im.ci_low:.0f}–{im.ci_high:.0f}); "
+            f"observed leaves {im.observed_leaves:.0f} vs counterfactual {im.expected_leaves:.0f}; "
+            f"{im.share_of_all_leaves:.1%} of all leaves during the incident. Win-back list: {inc.winback_n} "
+            f"viewers. Return within 7 days: affected "
+            f"{'n/a' if rr.affected is None else f'{rr.affected:.1%}'} vs unaffected leavers "
+            f"{'n/a' if rr.unaffected is None else f'{rr.unaffected:.1%}'}.</p>"
+        )
+        if inc.alternatives:
+            alt = "; ".join(
+                " or ".join(",".join(f"{k}={v}" for k, v in s.items()) for s in a) for a in inc.alternatives
+            )
+            parts.append(f"<p>Other candidate explanations (ranked): {html.escape(alt)}</p>")
+        ser = result.series.get(f"incident {inc.incident_id}", {})
+        for metric, pct in (("stall_ratio", True), ("leave_rate", True), ("concurrent", False)):
+            if metric in ser:
+                parts.append(svg_line(ser[metric], f"segment {metric}", marks=marks, pct=pct))
+    parts.append("<h2>All viewers</h2>")
+    allser = result.series["all"]
+    for metric, pct in (
+        ("concurrent", False),
+        ("joins", False),
+        ("leave_rate", True),
+        ("stall_ratio", True),
+        ("hd_share", True),
+        ("startup_p50_ms", False),
+        ("startup_p95_ms", False),
+    ):
+        parts.append(svg_line(allser[metric], metric, marks=marks, pct=pct))
+    parts.append("</body></html>")
+    (out_dir / "report.html").write_text("\n".join(parts), encoding="utf-8")
