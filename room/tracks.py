@@ -43,6 +43,7 @@ class ViewerVideoTrack(MediaStreamTrack):
         self._need_keyframe = True
         self._after_freeze = False
         self._subscribed = False
+        self._last_pts: int | None = None
 
     # -- called by the encoders
     def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None:
@@ -106,6 +107,11 @@ class ViewerVideoTrack(MediaStreamTrack):
             if src is self.pending:
                 if not frame.keyframe:
                     continue
+                if self._last_pts is not None and frame.packet.pts <= self._last_pts:
+                    # the new rendition's keyframe is for a tick already sent: two frames with one
+                    # RTP timestamp would be merged by the receiver, so wait for a later keyframe
+                    self.pending.request_keyframe("switch")
+                    continue
                 self.source.unsubscribe(self)
                 self.source, self.pending = self.pending, None
                 self._need_keyframe = False
@@ -116,6 +122,7 @@ class ViewerVideoTrack(MediaStreamTrack):
                     continue
                 self._need_keyframe = False
             self.frames_out += 1
+            self._last_pts = frame.packet.pts
             if self.observer is not None:
                 self.observer.frame_out(frame, self._after_freeze)
             self._after_freeze = False

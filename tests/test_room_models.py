@@ -206,14 +206,24 @@ def test_docs_example_scenario_is_valid() -> None:
     [
         ({"rooms": [{"name": "a", "impairments": [{"loss_pct": 150}]}]}, "rooms[0].impairments[0].loss_pct"),
         ({"rooms": [{"name": "a", "impairments": [{"lose_pct": 1}]}]}, "rooms[0].impairments[0].lose_pct"),
-        ({"rooms": [{"name": "a", "impairments": [{"rendition": "4k"}]}]}, "rooms[0].impairments[0].rendition"),
-        ({"rooms": [{"name": "a", "renditions": [{"width": 641, "height": 360, "fps": 30, "kbps": 500}]}]},
-         "rooms[0].renditions[0].width"),
+        (
+            {"rooms": [{"name": "a", "impairments": [{"rendition": "4k"}]}]},
+            "rooms[0].impairments[0].rendition",
+        ),
+        (
+            {"rooms": [{"name": "a", "renditions": [{"width": 641, "height": 360, "fps": 30, "kbps": 500}]}]},
+            "rooms[0].renditions[0].width",
+        ),
         ({"rooms": [{"name": "a", "codec": "av1"}]}, "rooms[0].codec"),
         ({"rooms": [{"name": "a"}, {"name": "a"}]}, "rooms[1].name"),
-        ({"rooms": [{"name": "a", "impairments": [{"burst": {"p": 0.1}}]}]}, "rooms[0].impairments[0].burst.r"),
-        ({"rooms": [{"name": "a", "impairments": [{"freeze_ms": 100, "duration_ms": 5}]}]},
-         "rooms[0].impairments[0].freeze_ms"),
+        (
+            {"rooms": [{"name": "a", "impairments": [{"burst": {"p": 0.1}}]}]},
+            "rooms[0].impairments[0].burst.r",
+        ),
+        (
+            {"rooms": [{"name": "a", "impairments": [{"freeze_ms": 100, "duration_ms": 5}]}]},
+            "rooms[0].impairments[0].freeze_ms",
+        ),
         ({"refuse_joins": [{"room_from_ms": 5, "room_to_ms": 1}]}, "refuse_joins[0].room_to_ms"),
         ({"version": 2}, "version"),
     ],
@@ -247,8 +257,13 @@ def test_rtp_header_and_rtcp_demux() -> None:
     # V=2, M=1, PT=96, seq=0x1234, ts=0x01020304, ssrc=0xdeadbeef
     packet = bytes([0x80, 0x80 | 96, 0x12, 0x34, 1, 2, 3, 4, 0xDE, 0xAD, 0xBE, 0xEF]) + b"payload"
     h = RtpHeader.parse(packet)
-    assert (h.payload_type, h.marker, h.sequence_number, h.timestamp, h.ssrc) == (96, True, 0x1234, 0x01020304,
-                                                                                  0xDEADBEEF)
+    assert (h.payload_type, h.marker, h.sequence_number, h.timestamp, h.ssrc) == (
+        96,
+        True,
+        0x1234,
+        0x01020304,
+        0xDEADBEEF,
+    )
     assert not is_rtcp(packet)
     assert is_rtcp(bytes([0x80, 200, 0, 6]) + bytes(24))  # sender report
     with pytest.raises(ValueError):

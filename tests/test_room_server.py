@@ -26,7 +26,11 @@ async def make_offer(video_codec: str | None = None, audio: bool = True, video: 
             tr = pc.addTransceiver("video", direction="recvonly")
             if video_codec:
                 tr.setCodecPreferences(
-                    [c for c in RTCRtpReceiver.getCapabilities("video").codecs if c.mimeType.lower() == video_codec]
+                    [
+                        c
+                        for c in RTCRtpReceiver.getCapabilities("video").codecs
+                        if c.mimeType.lower() == video_codec
+                    ]
                 )
         if audio:
             pc.addTransceiver("audio", direction="recvonly")
@@ -51,7 +55,9 @@ async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
 
 
 async def test_unknown_room_404_says_how_to_create_rooms(client: TestClient[Any, Any]) -> None:
-    resp = await client.post("/whep/nope", data=await make_offer(), headers={"Content-Type": "application/sdp"})
+    resp = await client.post(
+        "/whep/nope", data=await make_offer(), headers={"Content-Type": "application/sdp"}
+    )
     assert resp.status == 404
     body = await resp.text()
     assert "'nope'" in body and "apac, closed, test" in body and "--room" in body and "scenario" in body
@@ -69,10 +75,15 @@ async def test_wrong_content_type_415(client: TestClient[Any, Any]) -> None:
     [
         ("", "empty"),
         ("hello\r\n", "v=0"),
-        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\n", "no video m-line"),
+        (
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\n",
+            "no video m-line",
+        ),
     ],
 )
-async def test_malformed_offer_400_names_the_problem(client: TestClient[Any, Any], sdp: str, words: str) -> None:
+async def test_malformed_offer_400_names_the_problem(
+    client: TestClient[Any, Any], sdp: str, words: str
+) -> None:
     resp = await client.post("/whep/test", data=sdp, headers={"Content-Type": "application/sdp"})
     assert resp.status == 400
     assert words in await resp.text()
@@ -111,7 +122,10 @@ async def test_refused_joins_503_and_recorded(client: TestClient[Any, Any]) -> N
 
 async def test_join_201_headers_and_leave(client: TestClient[Any, Any]) -> None:
     resp = await client.post(
-        "/whep/apac", params={"region": "eu"}, data=await make_offer(), headers={"Content-Type": "application/sdp"}
+        "/whep/apac",
+        params={"region": "eu"},
+        data=await make_offer(),
+        headers={"Content-Type": "application/sdp"},
     )
     assert resp.status == 201
     assert resp.content_type == "application/sdp"

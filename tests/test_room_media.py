@@ -1,0 +1,239 @@
+"""The room end to end: real aiortc viewers over loopback, decoded frames, markers, ground truth.
+
+Bounds are generous on purpose (the machine may be loaded): each test asserts what the room's truth
+says and checks the viewer's view against it loosely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from room.config import AudioConfig, Rendition, RoomConfig, ServerConfig
+from room.schedule import Rule
+from room.server import RoomServer
+from room.whepclient import ReceivedFrame, WhepViewer
+
+pytestmark = pytest.mark.timeout(60)
+
+R360 = Rendition("360p", 640, 360, 30, 800)
+R180 = Rendition("180p", 320, 180, 30, 300)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def seqs(frames: list[ReceivedFrame]) -> list[int]:
+    return [f.marker.seq for f in frames if f.marker is not None]
+
+
+def max_gap(frames: list[ReceivedFrame]) -> tuple[float, ReceivedFrame]:
+    """Largest interval between consecutive frame arrivals, s, and the frame after it."""
+    gaps = [(b.t - a.t, b) for a, b in zip(frames, frames[1:], strict=False)]
+    return max(gaps, key=lambda g: g[0])
+
+
+@pytest.mark.parametrize(
+    ("codec", "rendition"),
+    [("vp8", Rendition("720p", 1280, 720, 30, 1500)), ("h264", Rendition("360p", 640, 360, 25, 800))],
+)
+async def test_join_decodes_marked_frames_at_the_configured_format(
+    session: aiohttp.ClientSession, codec: str, rendition: Rendition
+) -> None:
+    config = ServerConfig(rooms=(RoomConfig("test", codec=codec, renditions=(rendition,)),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"))
+        assert await viewer.join(session) == 201
+        await viewer.wait_frames(1)
+        started = time.monotonic()
+        await asyncio.sleep(2.0)
+        elapsed = time.monotonic() - started
+        frames = list(viewer.frames)
+        await viewer.leave(session)
+        truth = server.rooms["test"].truth()
+
+    assert {(f.width, f.height) for f in frames} == {(rendition.width, rendition.height)}
+    marked = seqs(frames)
+    assert len(marked) >= 0.9 * len(frames)  # the marker survives the codec
+    assert marked == sorted(marked) and len(set(marked)) == len(marked)
+    # the configured rate, from the markers: seq is the clock tick, capture_ms its wall time
+    with_marker = [f.marker for f in frames if f.marker is not None]
+    first, last = with_marker[0], with_marker[-1]
+    tick_rate = (last.seq - first.seq) / ((last.capture_ms - first.capture_ms) / 1000)
+    assert tick_rate == pytest.approx(rendition.fps, rel=0.05)
+    # what arrived: most ticks on an idle machine; a loaded one may skip some, so only a loose floor
+    assert len(frames) / elapsed >= rendition.fps * 0.3
+    assert len(frames) >= 0.8 * (truth_frames_sent := truth["viewers"][0]["frames_sent"]) - 5, (
+        truth_frames_sent
+    )
+    wall_now = time.time() * 1000
+    assert all(wall_now - 60_000 < f.marker.capture_ms <= f.wall_ms + 1 for f in frames if f.marker)
+    assert viewer.audio_frames > 50
+    (v,) = truth["viewers"]
+    assert truth["config"]["codec"] == codec
+    assert v["video"]["packets_sent"] > 0 and v["audio"]["packets_sent"] > 0
+    assert v["frames_sent"] >= len(frames)
+    assert v["resolution_changes"][0]["width"] == rendition.width
+
+
+async def test_new_viewer_starts_at_a_keyframe_quickly(session: aiohttp.ClientSession) -> None:
+    # no periodic keyframe for 60 s: only the forced join keyframe can start the second viewer quickly
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), keyframe_interval_s=60, audio=None),))
+    async with RoomServer(config) as server:
+        first = WhepViewer(server.whep_url("test"), audio=False)
+        await first.join(session)
+        await first.wait_frames(10)
+        t0 = time.monotonic()
+        second = WhepViewer(server.whep_url("test"), audio=False)
+        assert await second.join(session) == 201
+        await second.wait_frames(1, within_s=5)
+        ttff = second.frames[0].t - t0
+        await asyncio.sleep(0.3)
+        for v in (first, second):
+            await v.leave(session)
+        truth = server.rooms["test"].truth()
+
+    assert ttff < 1.5
+    by_id = {v["id"]: v for v in truth["viewers"]}
+    v2 = by_id[second.location.rsplit("/", 1)[1]]  # type: ignore[union-attr]
+    assert v2["first_video_packet"]["marker_seq"] == v2["first_keyframe"]["marker_seq"]
+    assert second.frames[0].marker is not None
+    assert second.frames[0].marker.seq == v2["first_keyframe"]["marker_seq"]
+    assert truth["encoders"]["360p"]["keyframe_requests"]["join"] == 2
+
+
+async def test_viewers_share_one_encoder(session: aiohttp.ClientSession) -> None:
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R180,), audio=None),))
+    async with RoomServer(config) as server:
+        viewers = [WhepViewer(server.whep_url("test"), audio=False) for _ in range(4)]
+        for v in viewers:
+            assert await v.join(session) == 201
+        for v in viewers:
+            await v.wait_frames(5)
+        encoder = server.rooms["test"].video_encoders["180p"]
+        assert encoder.subscriber_count == 4
+        frames_before, t0 = encoder.frames_encoded, time.monotonic()
+        await asyncio.sleep(1.5)
+        encoded = encoder.frames_encoded - frames_before
+        elapsed = time.monotonic() - t0
+        for v in viewers:
+            await v.leave(session)
+        truth = server.rooms["test"].truth()
+
+    assert encoded <= elapsed * 30 * 1.1 + 2  # one encode per tick, not one per viewer
+    assert sum(v["frames_sent"] for v in truth["viewers"]) > 3 * encoded
+    common = set.intersection(*(set(seqs(v.frames)) for v in viewers))
+    assert len(common) >= 20  # the same frames (same marker seq) reached every viewer
+
+
+async def test_delete_leaves_and_truth_records_it(session: aiohttp.ClientSession) -> None:
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R180,)),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"))
+        await viewer.join(session)
+        await viewer.wait_frames(3)
+        before = time.time() * 1000
+        assert await viewer.leave(session) == 200
+        room = server.rooms["test"]
+        assert room.viewers == {}
+        assert room.video_encoders["180p"].subscriber_count == 0
+        async with session.get(f"{server.base_url}/rooms/test/truth") as resp:
+            truth = await resp.json()
+    (v,) = truth["viewers"]
+    assert before - 1 <= v["left_ms"] <= time.time() * 1000 + 1
+    assert v["leave_reason"] == "delete"
+    assert v["first_video_packet"] is not None
+
+
+async def test_random_loss_end_to_end(session: aiohttp.ClientSession) -> None:
+    rule = Rule(match={"region": ("eu",)}, loss_pct=10.0)
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=(rule,)),), seed=1)
+    async with RoomServer(config) as server:
+        eu = WhepViewer(server.whep_url("test"), labels={"region": "eu"})
+        us = WhepViewer(server.whep_url("test"), labels={"region": "us"})
+        for v in (eu, us):
+            await v.join(session)
+        await eu.wait_frames(1, within_s=10)
+        await asyncio.sleep(3)
+        for v in (eu, us):
+            await v.leave(session)
+        truth = server.rooms["test"].truth()
+
+    by_region = {v["labels"]["region"]: v for v in truth["viewers"]}
+    t = by_region["eu"]
+    offered = t["video"]["packets_sent"] + t["video"]["packets_dropped"]
+    assert offered > 200
+    assert 0.05 < t["video"]["packets_dropped"] / offered < 0.15
+    audio_offered = t["audio"]["packets_sent"] + t["audio"]["packets_dropped"]
+    assert 0.02 < t["audio"]["packets_dropped"] / audio_offered < 0.2
+    assert t["dropped_by"]["random"] == sum(
+        t[k]["packets_dropped"] for k in ("video", "audio", "rtx", "other_rtp")
+    )
+    assert t["rtx"]["packets_sent"] + t["rtx"]["packets_dropped"] > 0  # NACKs were answered, through the loss
+    assert len(eu.frames) > 30  # retransmissions and keyframes keep the picture going
+    assert by_region["us"]["video"]["packets_dropped"] == 0
+    assert t["settings"][0]["loss_pct"] == 10.0
+
+
+async def test_scheduled_freeze_is_a_gap_of_that_length(session: aiohttp.ClientSession) -> None:
+    rule = Rule(at_ms=1500, duration_ms=800, freeze=True)
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=(rule,), audio=AudioConfig()),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"))
+        await viewer.join(session)
+        await asyncio.sleep(3.5)
+        await viewer.leave(session)
+        truth = server.rooms["test"].truth()
+
+    (v,) = truth["viewers"]
+    (freeze,) = v["freezes"]
+    assert freeze["scheduled_end_ms"] - freeze["scheduled_start_ms"] == pytest.approx(800, abs=60)
+    assert freeze["scheduled_start_ms"] - v["joined_ms"] == pytest.approx(1500, abs=60)
+    assert 760 <= freeze["duration_ms"] <= 1000
+    gap_s, after = max_gap(viewer.frames)
+    assert gap_s * 1000 == pytest.approx(freeze["duration_ms"], abs=100)
+    # aiortc's jitter buffer releases a frame only when the next one starts arriving, so the last
+    # frames before the freeze come out together with the resume keyframe, right after the gap
+    i = viewer.frames.index(after)
+    assert freeze["resume_marker_seq"] in seqs(viewer.frames[i : i + 5])
+    assert after.wall_ms == pytest.approx(freeze["end_ms"], abs=300)
+    assert v["keyframes_sent"] >= 2  # resumed at a keyframe
+    assert v["audio"]["packets_sent"] > 120  # audio kept flowing (about 3.5 s × 50/s)
+
+
+async def test_resolution_switch_at_a_keyframe(session: aiohttp.ClientSession) -> None:
+    rule = Rule(at_ms=1500, rendition="180p")
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360, R180), rules=(rule,), audio=None),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"), audio=False)
+        await viewer.join(session)
+        await asyncio.sleep(3.0)
+        await viewer.leave(session)
+        truth = server.rooms["test"].truth()
+
+    (v,) = truth["viewers"]
+    changes = v["resolution_changes"]
+    assert [(c["width"], c["height"]) for c in changes] == [(640, 360), (320, 180)]
+    assert changes[1]["t_ms"] - v["joined_ms"] == pytest.approx(1500, abs=300)
+    sizes = [(f.width, f.height) for f in viewer.frames]
+    assert (320, 180) in sizes, (
+        len(sizes),
+        sizes[-3:],
+        v["frames_sent"],
+        v["pli_received"],
+        truth["encoders"],
+    )
+    switch = sizes.index((320, 180))
+    assert set(sizes[:switch]) == {(640, 360)} and set(sizes[switch:]) == {(320, 180)}
+    assert viewer.frames[switch].wall_ms == pytest.approx(changes[1]["t_ms"], abs=300)
+    assert viewer.frames[switch].marker is not None
+    assert viewer.frames[switch].marker.seq == changes[1]["marker_seq"]
+    assert truth["encoders"]["180p"]["keyframe_requests"]["switch"] >= 1
+    assert truth["encoders"]["360p"]["subscribers"] == 0
