@@ -107,7 +107,8 @@ class ViewerVideoTrack(MediaStreamTrack):
             if src is self.pending:
                 if not frame.keyframe:
                     continue
-                if self._last_pts is not None and frame.packet.pts <= self._last_pts:
+                pts = frame.packet.pts
+                if self._last_pts is not None and pts is not None and pts <= self._last_pts:
                     # the new rendition's keyframe is for a tick already sent: two frames with one
                     # RTP timestamp would be merged by the receiver, so wait for a later keyframe
                     self.pending.request_keyframe("switch")

@@ -7,6 +7,7 @@ says and checks the viewer's view against it loosely.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -36,7 +37,7 @@ def seqs(frames: list[ReceivedFrame]) -> list[int]:
 
 def max_gap(frames: list[ReceivedFrame]) -> tuple[float, ReceivedFrame]:
     """Largest interval between consecutive frame arrivals, s, and the frame after it."""
-    gaps = [(b.t - a.t, b) for a, b in zip(frames, frames[1:], strict=False)]
+    gaps = [(b.t - a.t, b) for a, b in itertools.pairwise(frames)]
     return max(gaps, key=lambda g: g[0])
 
 
