@@ -156,6 +156,45 @@ class Link:
         )
         run([*nft, "add", "rule", "inet", NFT_TABLE, "input", *match, "counter", "accept"])
 
+    def drop_rtp_pct(self, ns: str | None, pct: float, src: str, payload_type: int) -> None:
+        """Like ``drop_pct``, but only RTP packets of ``payload_type`` (version 2 and PT read from the first
+        two UDP payload bytes, which SRTP leaves in clear; RTCP's PT 200–206 never matches 0–127)."""
+        nft = in_ns(ns, ["nft"])
+        run([*nft, "delete", "table", "inet", NFT_TABLE], check=False)
+        run([*nft, "add", "table", "inet", NFT_TABLE])
+        run(
+            [
+                *nft,
+                "add",
+                "chain",
+                "inet",
+                NFT_TABLE,
+                "input",
+                "{ type filter hook input priority 0; policy accept; }",
+            ]
+        )
+        match = ["ip", "saddr", src, "meta", "l4proto", "udp", "@th,64,2", "2", "@th,73,7", str(payload_type)]
+        run(
+            [
+                *nft,
+                "add",
+                "rule",
+                "inet",
+                NFT_TABLE,
+                "input",
+                *match,
+                "numgen",
+                "random",
+                "mod",
+                "100",
+                "<",
+                str(int(pct)),
+                "counter",
+                "drop",
+            ]
+        )
+        run([*nft, "add", "rule", "inet", NFT_TABLE, "input", *match, "counter", "accept"])
+
     def drop_counters(self, ns: str | None) -> tuple[int, int]:
         """(packets dropped, packets passed) by the ``drop_pct`` rules in ``ns``."""
         out = run(in_ns(ns, ["nft", "list", "table", "inet", NFT_TABLE]))

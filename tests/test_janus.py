@@ -271,7 +271,7 @@ async def test_session_destroyed_server_side_is_janus_session_timeout(janus_env:
 
 
 def _record(name: str, data: dict[str, object]) -> None:
-    """Keep the report for docs/fidelity.md and the final write-up (tests/out/ is not committed)."""
-    out = ROOT / "tests" / "out"
+    """Keep the report for the write-up: $TMPDIR/streamqoe-test-out/NAME.json."""
+    out = Path(tempfile.gettempdir()) / "streamqoe-test-out"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(data, indent=1))
