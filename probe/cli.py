@@ -97,11 +97,13 @@ async def _deliver(report: Report, args: argparse.Namespace) -> bool:
     await flush_spool(spool_dir=Path(args.spool), collector_url=args.collector, token=args.token)
     result = await deliver(report.to_dict(), spool_dir=Path(args.spool), collector_url=args.collector,
                            token=args.token)
-    ok = bool(getattr(result, "delivered", result))
-    if not ok:
-        print(f"streamqoe probe: report {report.report_id} not delivered: {getattr(result, 'message', result)}; "
-              f"it stays in {args.spool} and is sent on the next run", file=sys.stderr)
-    return ok
+    if result.status == "delivered":
+        return True
+    where = "kept in rejected/ of the spool" if result.status == "rejected" else \
+        f"it stays in {args.spool} and is sent on the next run"
+    print(f"streamqoe probe: report {report.report_id} not delivered ({result.status}, HTTP "
+          f"{result.http_status}): {result.message}; {where}", file=sys.stderr)
+    return False
 
 
 async def _one(args: argparse.Namespace) -> int:
