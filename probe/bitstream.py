@@ -7,6 +7,7 @@ or an H.264 access unit in Annex B byte-stream form (start codes + NAL units).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 
@@ -140,10 +141,8 @@ def h264_info(data: bytes) -> FrameInfo:
         if nal_type == 5:
             keyframe = True
         elif nal_type == 7:
-            try:
+            with contextlib.suppress(ValueError, IndexError):  # a truncated SPS: size stays unknown
                 width, height = h264_sps_size(nal)
-            except (ValueError, IndexError):
-                pass
     return FrameInfo(keyframe, width, height)
 
 

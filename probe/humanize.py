@@ -37,5 +37,6 @@ def summary_text(r: Report) -> str:
         lines.append(f"  {st.kind:<7} ssrc {st.ssrc}: {st.packetsReceived} pkts, loss {loss} "
                      f"(residual {res}), jitter {jit}, {rate}, NACK {st.nackCount}, PLI {st.pliCount}")
     if s.audio is not None:
-        lines.append(f"  audio   {s.audio.framesReceived} frames, gaps {s.audio.gapCount} ({s.audio.total_gap_ms:.0f} ms)")
+        a = s.audio
+        lines.append(f"  audio   {a.framesReceived} frames, gaps {a.gapCount} ({a.total_gap_ms:.0f} ms)")
     return "\n".join(lines)

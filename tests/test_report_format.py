@@ -73,7 +73,7 @@ def test_unknown_field_and_missing_field() -> None:
         Report.from_json_obj(data)
     data = load("report_ok.json")
     del data["summary"]["join"]
-    with pytest.raises(ValueError, match="summary.join: is required"):
+    with pytest.raises(ValueError, match=r"summary\.join: is required"):
         Report.from_json_obj(data)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -44,6 +43,7 @@ class WhepSignaling:
         pc.addTransceiver("audio", direction="recvonly")
         if self.codec:
             caps = RTCRtpReceiver.getCapabilities("video")
+            assert caps is not None
             wanted = [c for c in caps.codecs if c.name.lower() in (self.codec.lower(), "rtx")]
             if not any(c.name.lower() == self.codec.lower() for c in wanted):
                 raise SignalingError("probe_error", f"codec {self.codec!r} is not supported by aiortc")
@@ -60,7 +60,7 @@ class WhepSignaling:
                 location = resp.headers.get("Location")
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as e:
             raise SignalingError("url_unreachable", f"cannot reach {self.url}: {e or type(e).__name__}") from None
         self.signaling_ms = now_ms() - start
         if status != 201:
@@ -84,5 +84,5 @@ class WhepSignaling:
                 self.resource, headers=self._headers()
             ) as resp:
                 await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             pass  # leaving is best effort: the server also times the session out
