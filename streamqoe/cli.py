@@ -42,13 +42,26 @@ def build_parser_for(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamqoe", description="streamqoe: live-stream QoE probes and analysis")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _subcommand_name(argv)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
     return parser
+
+
+def _subcommand_name(argv: list[str]) -> str | None:
+    """The first argument that is neither an option nor the value of ``--log-level``."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log-level":
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
 
 
 if __name__ == "__main__":

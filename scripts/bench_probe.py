@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Benchmark: how many probes a core runs, and how many viewers the embedded room serves.
+
+Starts the room (`streamqoe room`, 1280x720@30 VP8 1500 kbps) as its own process, then runs fleets of
+probes (decode and --no-decode) in worker processes against it, and prints a table:
+CPU % per probe (CPU-seconds / wall-second of the probe workers ÷ probes), fps, freezes (every freeze
+is a false freeze: the room freezes nothing in this scenario), and the room's CPU % while serving.
+Reference measured in the same run: one headless Chromium viewer's CPU (whole process group) on the
+same stream, when Chromium and scripts/reference_viewer are available.
+
+    .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100,200]
+
+Loopback only; every run is bounded by --duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from probe.load import run_fleet  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its threads, seconds (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def start_room(port: int, spec: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "streamqoe", "--log-level", "warning", "room", "--port",
+                             str(port), "--room", spec], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            get_json(f"http://127.0.0.1:{port}/rooms")
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("room did not start")
+
+
+def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, processes: int, duration: float,
+              decode: bool) -> dict[str, Any]:
+    before = get_json(room_truth_url)
+    skipped0 = sum(e.get("ticks_skipped", 0) for e in before["encoders"].values())
+    room_cpu0, t0 = cpu_seconds(room_pid), time.monotonic()
+    summary = run_fleet(url, probes, processes, duration, decode=decode, stagger_s=0.02)
+    room_cpu = (cpu_seconds(room_pid) - room_cpu0) / (time.monotonic() - t0)
+    after = get_json(room_truth_url)
+    skipped = sum(e.get("ticks_skipped", 0) for e in after["encoders"].values()) - skipped0
+    return {
+        "mode": summary["mode"], "probes": probes, "processes": processes, "joined": summary["joined"],
+        "cpu_pct_per_probe": summary["cpu_pct_per_probe"], "fps_mean": summary["fps_mean"],
+        "false_freezes": summary["freezes_total"], "probes_with_freezes": summary["probes_with_freezes"],
+        "ttff_p50_ms": summary["ttff_p50_ms"], "loss_pct": summary["loss_pct_mean"],
+        "room_cpu_pct": round(100 * room_cpu, 1), "room_ticks_skipped": skipped,
+        "failures": summary["failures"],
+    }
+
+
+def chromium_reference(url: str, duration: float) -> dict[str, Any] | None:
+    viewer = ROOT / "scripts" / "reference_viewer"
+    if not viewer.exists() or shutil.which("chromium") is None:
+        return None
+    out = Path("/tmp") / f"bench_chromium_{os.getpid()}.json"
+    res = subprocess.run([str(viewer), url, "--duration", str(duration), "--out", str(out)],
+                         capture_output=True, timeout=duration + 120)
+    if res.returncode != 0 or not out.exists():
+        return {"error": res.stderr.decode()[-300:]}
+    data = json.loads(out.read_text())
+    return {"cpu_pct": data.get("cpu_pct"), "fps": data.get("fps"), "freezeCount": data.get("freezeCount")}
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--decode", default="1,6,12", help="decode fleet sizes (one worker process each)")
+    ap.add_argument("--nodecode", default="50,100", help="no-decode fleet sizes per worker process")
+    ap.add_argument("--room-viewers", type=int, default=200, help="no-decode viewers for the room-capacity row")
+    ap.add_argument("--spec", default="bench:1280x720@30:vp8:1500")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    port = free_port()
+    room = start_room(port, args.spec)
+    name = args.spec.split(":")[0]
+    url = f"http://127.0.0.1:{port}/whep/{name}"
+    truth_url = f"http://127.0.0.1:{port}/rooms/{name}/truth"
+    rows: list[dict[str, Any]] = []
+    try:
+        for n in [int(x) for x in args.decode.split(",") if x]:
+            rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, True))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        for n in [int(x) for x in args.nodecode.split(",") if x]:
+            rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, False))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        if args.room_viewers:
+            rows.append(fleet_row(url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        reference = chromium_reference(url, args.duration)
+    finally:
+        room.terminate()
+        room.wait(10)
+    cols = ["mode", "probes", "processes", "joined", "cpu_pct_per_probe", "fps_mean", "false_freezes",
+            "probes_with_freezes", "ttff_p50_ms", "loss_pct", "room_cpu_pct", "room_ticks_skipped"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
+    if reference is not None:
+        print(f"\nreference: headless Chromium, 1 viewer, same stream: {json.dumps(reference)}")
+    else:
+        print("\nreference: headless Chromium not available (scripts/reference_viewer or /usr/bin/chromium missing)")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "reference": reference}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
