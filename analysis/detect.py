@@ -88,9 +88,10 @@ def flag_minutes(
     p = leaf_baseline(num[:, base], den[:, base])
     first = int(base.max()) + 1
     hits: list[tuple[int, float, Slice]] = []
+    gains, slices = scanner.top_many(num[:, first:], den[:, first:] * p[:, None])
     for t in range(first, num.shape[1]):
         exp = den[:, t] * p
-        g, sl = scanner.top(num[:, t], exp)
+        g, sl = float(gains[t - first]), slices[t - first]
         if sl is None or g <= thr:
             continue
         m = sl.mask(scanner.codes)

@@ -180,6 +180,30 @@ class Scanner:
         return (best[0][1], best[0][2]) if best else (0.0, None)
 
 
+    def top_many(self, actual: FloatArray, expected: FloatArray) -> tuple[FloatArray, list[Slice | None]]:
+        """:meth:`top` for many windows at once: ``actual``/``expected`` are (n_leaves, n_windows)."""
+        n_w = actual.shape[1]
+        vo, eo = actual.sum(0), expected.sum(0)
+        base = _xlogx_ratio(vo, eo)
+        best = np.zeros(n_w)
+        best_sl: list[Slice | None] = [None] * n_w
+        for dims, grp, vals in zip(self._cub.dims, self._cub.group_of_leaf, self._cub.values, strict=True):
+            ng = vals.shape[0]
+            key = (grp[:, None] * n_w + np.arange(n_w)[None, :]).ravel()
+            vs = np.bincount(key, weights=actual.ravel(), minlength=ng * n_w).reshape(ng, n_w)
+            es = np.bincount(key, weights=expected.ravel(), minlength=ng * n_w).reshape(ng, n_w)
+            vr, er = vo[None, :] - vs, eo[None, :] - es
+            gain = 2.0 * (_xlogx_ratio(vs, es) + _xlogx_ratio(vr, er) - base[None, :])
+            ok = (es > _EPS) & (er > _EPS) & (vs * er > vr * es) & (vs > 0)
+            gain = np.where(ok, gain, -np.inf)
+            g_arg = gain.argmax(axis=0)
+            g_max = gain[g_arg, np.arange(n_w)]
+            for w in np.flatnonzero(g_max > best):
+                best[w] = g_max[w]
+                best_sl[w] = Slice(tuple((int(dm), int(vv)) for dm, vv in zip(dims, vals[g_arg[w]], strict=True)))
+        return best, best_sl
+
+
 def max_scan_gain(codes: IntArray, actual: FloatArray, expected: FloatArray, max_order: int = 3) -> float:
     """Largest single-slice deviance gain on this input (used on baseline windows to calibrate)."""
     cub = _cuboids(codes, max_order)

@@ -107,7 +107,17 @@ def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) 
     if not s_in.any():
         leaves = np.zeros((0, table.dims.shape[1]), dtype=np.int64)
     else:
-        leaves, inv = np.unique(sess_dims[s_in].astype(np.int64), axis=0, return_inverse=True)
+        sd = sess_dims[s_in].astype(np.int64)
+        radix = sd.max(axis=0) + 1
+        key = np.zeros(sd.shape[0], dtype=np.int64)
+        for j in range(sd.shape[1]):
+            key = key * int(radix[j]) + sd[:, j]
+        ukey, inv = np.unique(key, return_inverse=True)
+        leaves = np.empty((ukey.size, sd.shape[1]), dtype=np.int64)
+        rem = ukey.copy()
+        for j in range(sd.shape[1] - 1, -1, -1):
+            leaves[:, j] = rem % int(radix[j])
+            rem //= int(radix[j])
         sessions.leaf[s_in] = inv.ravel()
     n_l = leaves.shape[0]
     size = n_l * m_n
