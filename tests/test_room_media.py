@@ -71,9 +71,7 @@ async def test_join_decodes_marked_frames_at_the_configured_format(
     assert tick_rate == pytest.approx(rendition.fps, rel=0.05)
     # what arrived: most ticks on an idle machine; a loaded one may skip some, so only a loose floor
     assert len(frames) / elapsed >= rendition.fps * 0.3
-    assert len(frames) >= 0.8 * (truth_frames_sent := truth["viewers"][0]["frames_sent"]) - 5, (
-        truth_frames_sent
-    )
+    assert len(frames) >= 0.8 * (truth_frames_sent := truth["viewers"][0]["frames_sent"]) - 5, truth_frames_sent
     wall_now = time.time() * 1000
     assert all(wall_now - 60_000 < f.marker.capture_ms <= f.wall_ms + 1 for f in frames if f.marker)
     assert viewer.audio_frames > 50
@@ -174,9 +172,7 @@ async def test_random_loss_end_to_end(session: aiohttp.ClientSession) -> None:
     assert 0.05 < t["video"]["packets_dropped"] / offered < 0.15
     audio_offered = t["audio"]["packets_sent"] + t["audio"]["packets_dropped"]
     assert 0.02 < t["audio"]["packets_dropped"] / audio_offered < 0.2
-    assert t["dropped_by"]["random"] == sum(
-        t[k]["packets_dropped"] for k in ("video", "audio", "rtx", "other_rtp")
-    )
+    assert t["dropped_by"]["random"] == sum(t[k]["packets_dropped"] for k in ("video", "audio", "rtx", "other_rtp"))
     assert t["rtx"]["packets_sent"] + t["rtx"]["packets_dropped"] > 0  # NACKs were answered, through the loss
     assert len(eu.frames) > 30  # retransmissions and keyframes keep the picture going
     assert by_region["us"]["video"]["packets_dropped"] == 0
@@ -238,3 +234,37 @@ async def test_resolution_switch_at_a_keyframe(session: aiohttp.ClientSession) -
     assert viewer.frames[switch].marker.seq == changes[1]["marker_seq"]
     assert truth["encoders"]["180p"]["keyframe_requests"]["switch"] >= 1
     assert truth["encoders"]["360p"]["subscribers"] == 0
+
+
+async def test_delay_and_cap_end_to_end(session: aiohttp.ClientSession) -> None:
+    rules = (
+        Rule(match={"path": ("slow",)}, delay_ms=250, jitter_ms=20),
+        Rule(match={"path": ("capped",)}, cap_kbps=400, queue_ms=100),
+    )
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=rules, audio=None),))
+    async with RoomServer(config) as server:
+        viewers = {
+            p: WhepViewer(server.whep_url("test"), labels={"path": p}, audio=False) for p in ("fast", "slow", "capped")
+        }
+        for v in viewers.values():
+            await v.join(session)
+        await viewers["slow"].wait_frames(1)
+        await asyncio.sleep(3)
+        for v in viewers.values():
+            await v.leave(session)
+        truth = server.rooms["test"].truth()
+
+    def median_latency_ms(v: WhepViewer) -> float:
+        lat = sorted(f.wall_ms - f.marker.capture_ms for f in v.frames if f.marker is not None)
+        return lat[len(lat) // 2]
+
+    extra = median_latency_ms(viewers["slow"]) - median_latency_ms(viewers["fast"])
+    assert 150 <= extra <= 400
+    by_path = {v["labels"]["path"]: v for v in truth["viewers"]}
+    assert by_path["slow"]["settings"][0]["delay_ms"] == 250
+    capped = by_path["capped"]
+    assert capped["dropped_by"]["cap"] > 0
+    assert by_path["fast"]["dropped_by"] == {}
+    seconds = (capped["left_ms"] - capped["joined_ms"]) / 1000
+    sent_kbps = (capped["video"]["bytes_sent"] + capped["rtx"]["bytes_sent"]) * 8 / 1000 / seconds
+    assert sent_kbps <= 400 * 1.1
