@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Collector ingest benchmark: viewer events in 1,000-event batches over loopback, for a fixed time.
+
+Starts ``streamqoe collector`` as a subprocess (fresh DuckDB file), runs the load generator in a
+separate process (N concurrent connections, each posting its next batch as soon as the previous one is
+acknowledged), then prints events/s acknowledged, ack latency p50/p99 and a row-count check.
+
+    .venv/bin/python scripts/bench_collector.py --seconds 20 --connections 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-platform-token-0123456789"
+READER = "bench-reader-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _template(batch: int) -> tuple[bytes, bytes]:
+    """A batch body split around the event-id prefix, so a new unique batch costs one join."""
+    base = 1_794_999_600_000
+    parts = []
+    for i in range(batch):
+        typ = ("join", "heartbeat", "heartbeat", "qoe", "leave")[i % 5]
+        ev = {
+            "event_id": f"@@-{i}",
+            "viewer_id": f"v{i % 700}",
+            "session_id": f"s{i % 700}",
+            "room": "main",
+            "t_ms": base + i * 10,
+            "type": typ,
+            "region": ("eu-west", "us-east", "ap-south")[i % 3],
+            "isp": f"isp-{i % 7}",
+            "cdn": f"edge-{i % 4}",
+            "device": ("android", "ios", "web")[i % 3],
+            "app_version": "5.1.0",
+        }
+        if typ == "qoe":
+            ev |= {"stall_count": 1, "stall_ms": 350.0, "watch_ms": 9650.0, "height": 720, "bitrate_kbps": 2500.0}
+        parts.append(json.dumps(ev, separators=(",", ":")))
+    body = "[" + ",".join(parts) + "]"
+    return tuple(x.encode() for x in body.split("@@", 1))  # type: ignore[return-value]
+
+
+def _load(port: int, seconds: float, connections: int, batch: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    import aiohttp
+
+    async def main() -> None:
+        pieces = _template(batch)
+        # "@@-{i}" occurs once per event: replace all with a per-batch prefix
+        text = b"@@".join(pieces)
+        latencies: list[float] = []
+        acked = 0
+        errors = 0
+        deadline = time.monotonic() + seconds
+        url = f"http://127.0.0.1:{port}/v1/events"
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        conn = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=conn) as s:
+
+            async def worker(w: int) -> None:
+                nonlocal acked, errors
+                n = 0
+                while time.monotonic() < deadline:
+                    body = text.replace(b"@@", f"w{w}b{n}".encode())
+                    n += 1
+                    t0 = time.perf_counter()
+                    async with s.post(url, data=body, headers=headers) as r:
+                        reply = await r.json()
+                    dt = time.perf_counter() - t0
+                    if r.status == 200:
+                        acked += reply["new"]
+                        latencies.append(dt)
+                    else:
+                        errors += 1
+
+            t_start = time.monotonic()
+            await asyncio.gather(*(worker(w) for w in range(connections)))
+            elapsed = time.monotonic() - t_start
+        out.put({"acked": acked, "errors": errors, "elapsed": elapsed, "latencies": latencies})
+
+    asyncio.run(main())
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
+    port = _free_port()
+    cfg = tmp / "collector.toml"
+    cfg.write_text(
+        f'listen_host = "127.0.0.1"\nlisten_port = {port}\ndb_path = "{tmp / "bench.duckdb"}"\n'
+        f'[[tokens]]\nname = "bench"\nrole = "platform"\nsecret = "{TOKEN}"\n'
+        f'[[tokens]]\nname = "reader"\nrole = "reader"\nsecret = "{READER}"\n'
+    )
+    log = open(tmp / "collector.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamqoe", "collector", "--config", str(cfg)],
+        stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+        p = mp.Process(target=_load, args=(port, args.seconds, args.connections, args.batch, q))
+        p.start()
+        res = q.get()
+        p.join()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {READER}"})
+        metrics = urllib.request.urlopen(req).read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    import duckdb
+
+    rows = duckdb.connect(str(tmp / "bench.duckdb"), read_only=True).execute(
+        "SELECT count(*) FROM viewer_events"
+    ).fetchone()[0]
+    commits = [ln for ln in metrics.splitlines() if ln.startswith("streamqoe_store_commit_rows_count")]
+    rows_sum = [ln for ln in metrics.splitlines() if ln.startswith("streamqoe_store_commit_rows_sum")]
+    n_commits = float(commits[0].split()[-1]) if commits else 0
+    mean_group = float(rows_sum[0].split()[-1]) / n_commits if n_commits else 0
+    lat = res["latencies"]
+    print(f"| batch | connections | seconds | events/s acked | ack p50 ms | ack p99 ms | errors "
+          f"| rows in DB | rows == acked | mean rows/commit |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.batch} | {args.connections} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
+          f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {res['errors']} "
+          f"| {rows:,} | {rows == res['acked']} | {mean_group:,.0f} |")  # fmt: skip
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        print(f"kept {tmp}")
+    return 0 if rows == res["acked"] and res["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
