@@ -53,7 +53,7 @@ async def post_events(url: str, token: str | None, events: list[dict[str, Any]],
     sent = 0
     async with aiohttp.ClientSession(headers=headers) as s:
         for i in range(0, len(events), batch):
-            body = {"batch_id": f"aud-{events[i]['event_id']}", "events": events[i : i + batch]}
+            body = events[i : i + batch]  # the collector takes a JSON array; event_id makes retries idempotent
             for attempt in range(6):
                 try:
                     async with s.post(url.rstrip("/") + "/v1/events", json=body) as r:
