@@ -123,8 +123,11 @@ def main() -> int:
     log = open(tmp / "collector.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamqoe", "collector", "--config", str(cfg)],
-        stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        stdout=log,
+        stderr=log,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         for _ in range(300):
             try:
@@ -144,20 +147,26 @@ def main() -> int:
         proc.wait(60)
     import duckdb
 
-    rows = duckdb.connect(str(tmp / "bench.duckdb"), read_only=True).execute(
-        "SELECT count(*) FROM viewer_events"
-    ).fetchone()[0]
+    rows = (
+        duckdb.connect(str(tmp / "bench.duckdb"), read_only=True)
+        .execute("SELECT count(*) FROM viewer_events")
+        .fetchone()[0]
+    )
     commits = [ln for ln in metrics.splitlines() if ln.startswith("streamqoe_store_commit_rows_count")]
     rows_sum = [ln for ln in metrics.splitlines() if ln.startswith("streamqoe_store_commit_rows_sum")]
     n_commits = float(commits[0].split()[-1]) if commits else 0
     mean_group = float(rows_sum[0].split()[-1]) / n_commits if n_commits else 0
     lat = res["latencies"]
-    print(f"| batch | connections | seconds | events/s acked | ack p50 ms | ack p99 ms | errors "
-          f"| rows in DB | rows == acked | mean rows/commit |")  # fmt: skip
+    print(
+        "| batch | connections | seconds | events/s acked | ack p50 ms | ack p99 ms | errors "
+        "| rows in DB | rows == acked | mean rows/commit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.batch} | {args.connections} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
-          f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {res['errors']} "
-          f"| {rows:,} | {rows == res['acked']} | {mean_group:,.0f} |")  # fmt: skip
+    print(
+        f"| {args.batch} | {args.connections} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
+        f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {res['errors']} "
+        f"| {rows:,} | {rows == res['acked']} | {mean_group:,.0f} |"
+    )
     if not args.keep:
         import shutil
 

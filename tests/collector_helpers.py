@@ -51,9 +51,16 @@ def utc(ms: int) -> str:
     return format_t_ms(ms)
 
 
-def report(region: str | None = "eu-west", *, started_ms: int = T0_MS, failure: str | None = None,
-           ttff_ms: float | None = 850.0, stall_ratio: float | None = 0.01, target: str = "http://room/whep/main",
-           report_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+def report(
+    region: str | None = "eu-west",
+    *,
+    started_ms: int = T0_MS,
+    failure: str | None = None,
+    ttff_ms: float | None = 850.0,
+    stall_ratio: float | None = 0.01,
+    target: str = "http://room/whep/main",
+    report_id: str | None = None,
+) -> dict[str, Any]:
     """A valid probe report (the golden fixture's shape when the lead has put one in tests/fixtures)."""
     if GOLDEN.exists():
         d: dict[str, Any] = json.loads(GOLDEN.read_text())
@@ -69,17 +76,45 @@ def report(region: str | None = "eu-west", *, started_ms: int = T0_MS, failure: 
             "labels": {"isp": "isp-a", "cdn": "edge-1"},
             "summary": {
                 "mode": "decode",
-                "join": {"signaling_ms": 40.0, "ice_connected_ms": 120.0, "dtls_connected_ms": 160.0,
-                         "first_rtp_ms": 200.0, "first_keyframe_ms": 400.0, "ttff_ms": 850.0},  # fmt: skip
+                "join": {
+                    "signaling_ms": 40.0,
+                    "ice_connected_ms": 120.0,
+                    "dtls_connected_ms": 160.0,
+                    "first_rtp_ms": 200.0,
+                    "first_keyframe_ms": 400.0,
+                    "ttff_ms": 850.0,
+                },
                 "video": {
-                    "framesReceived": 900, "framesDecoded": 900, "keyframesReceived": 10, "freezeCount": 1,
-                    "totalFreezesDuration": 0.3, "freeze_in_progress": False, "pauseCount": 0,
-                    "totalPausesDuration": 0.0, "watch_time_s": 29.0, "stall_ratio": 0.01,
-                    "stalls_per_minute": 2.0, "fps_mean": 30.0, "width": 1280, "height": 720, "hd_share": 1.0,
-                },  # fmt: skip
-                "streams": [{"kind": "video", "ssrc": 1234, "packetsReceived": 5000, "packetsLost": 10,
-                             "loss_pct": 0.2, "residual_loss_pct": 0.0, "jitter_ms": 3.0, "bitrate_kbps": 1500.0,
-                             "nackCount": 2, "pliCount": 1}],  # fmt: skip
+                    "framesReceived": 900,
+                    "framesDecoded": 900,
+                    "keyframesReceived": 10,
+                    "freezeCount": 1,
+                    "totalFreezesDuration": 0.3,
+                    "freeze_in_progress": False,
+                    "pauseCount": 0,
+                    "totalPausesDuration": 0.0,
+                    "watch_time_s": 29.0,
+                    "stall_ratio": 0.01,
+                    "stalls_per_minute": 2.0,
+                    "fps_mean": 30.0,
+                    "width": 1280,
+                    "height": 720,
+                    "hd_share": 1.0,
+                },
+                "streams": [
+                    {
+                        "kind": "video",
+                        "ssrc": 1234,
+                        "packetsReceived": 5000,
+                        "packetsLost": 10,
+                        "loss_pct": 0.2,
+                        "residual_loss_pct": 0.0,
+                        "jitter_ms": 3.0,
+                        "bitrate_kbps": 1500.0,
+                        "nackCount": 2,
+                        "pliCount": 1,
+                    }
+                ],
             },
         }
     d["report_id"] = report_id or str(uuid.uuid4())
@@ -96,8 +131,16 @@ def report(region: str | None = "eu-west", *, started_ms: int = T0_MS, failure: 
     return d
 
 
-def event(i: int = 0, *, type: str = "heartbeat", t_ms: int = T0_MS, session: str | None = None,
-          viewer: str | None = None, region: str = "eu-west", **qoe: Any) -> dict[str, Any]:  # fmt: skip
+def event(
+    i: int = 0,
+    *,
+    type: str = "heartbeat",
+    t_ms: int = T0_MS,
+    session: str | None = None,
+    viewer: str | None = None,
+    region: str = "eu-west",
+    **qoe: Any,
+) -> dict[str, Any]:
     """A valid viewer event."""
     return {
         "event_id": f"ev-{uuid.uuid4().hex}-{i}",
@@ -123,11 +166,16 @@ def free_port() -> int:
 
 def write_config(path: Path, db: Path, port: int, **extra: Any) -> Path:
     """A TOML config with the test tokens."""
-    lines = [f'listen_host = "127.0.0.1"', f"listen_port = {port}", f'db_path = "{db}"']
+    lines = ['listen_host = "127.0.0.1"', f"listen_port = {port}", f'db_path = "{db}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     for t in TOKENS:
-        lines += ["[[tokens]]", f'name = "{t.name}"', f'role = "{t.role}"', f'secret = "{t.secret}"',
-                  f"regions = {json.dumps(list(t.regions))}"]  # fmt: skip
+        lines += [
+            "[[tokens]]",
+            f'name = "{t.name}"',
+            f'role = "{t.role}"',
+            f'secret = "{t.secret}"',
+            f"regions = {json.dumps(list(t.regions))}",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -153,8 +201,11 @@ def start_collector(cfg_path: Path, port: int, log_path: Path | None = None) -> 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamqoe", "collector", "--config", str(cfg_path)],
-        stdout=out, stderr=out, env=env, cwd=ROOT,
-    )  # fmt: skip
+        stdout=out,
+        stderr=out,
+        env=env,
+        cwd=ROOT,
+    )
     wait_healthy(port, proc)
     return proc
 

@@ -30,9 +30,15 @@ Client = TestClient  # type: ignore[type-arg]
 
 @pytest.fixture
 async def client(aiohttp_client: Any, tmp_path: Path) -> Any:
-    app = create_app(config(str(tmp_path / "c.duckdb"), max_body_bytes=256 * 1024,
-                            max_decompressed_bytes=1024 * 1024, max_batch_items=2000),
-                     wall_ms=lambda: T0_MS + 3_600_000)  # fmt: skip
+    app = create_app(
+        config(
+            str(tmp_path / "c.duckdb"),
+            max_body_bytes=256 * 1024,
+            max_decompressed_bytes=1024 * 1024,
+            max_batch_items=2000,
+        ),
+        wall_ms=lambda: T0_MS + 3_600_000,
+    )
     return await aiohttp_client(app)
 
 
@@ -76,8 +82,9 @@ AUTH_CASES = [
 
 
 @pytest.mark.parametrize(("method", "path", "token", "body", "expected"), AUTH_CASES)
-async def test_auth_matrix(client: Any, method: str, path: str, token: str | None, body: str | None,
-                           expected: int) -> None:  # fmt: skip
+async def test_auth_matrix(
+    client: Any, method: str, path: str, token: str | None, body: str | None, expected: int
+) -> None:
     bodies: dict[str, Any] = {
         "events": [event(1)],
         "report_eu": report("eu-west"),
@@ -157,8 +164,7 @@ async def test_events_single_object(client: Any) -> None:
 
 async def test_events_ndjson(client: Any) -> None:
     lines = "\n".join(json.dumps(event(i)) for i in range(20)) + "\n\n"
-    r = await client.post("/v1/events", data=lines,
-                          headers={**auth(PLATFORM), "Content-Type": "application/x-ndjson"})  # fmt: skip
+    r = await client.post("/v1/events", data=lines, headers={**auth(PLATFORM), "Content-Type": "application/x-ndjson"})
     assert (await r.json())["new"] == 20
     bad = json.dumps(event(1)) + "\n{not json\n"
     r = await client.post("/v1/events", data=bad, headers={**auth(PLATFORM), "Content-Type": "application/x-ndjson"})
@@ -169,19 +175,28 @@ async def test_events_ndjson(client: Any) -> None:
 
 async def test_events_gzip(client: Any) -> None:
     body = gzip.compress(json.dumps([event(i) for i in range(50)]).encode())
-    r = await client.post("/v1/events", data=body, headers={**auth(PLATFORM), "Content-Type": "application/json",
-                                                            "Content-Encoding": "gzip"})  # fmt: skip
+    r = await client.post(
+        "/v1/events",
+        data=body,
+        headers={**auth(PLATFORM), "Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert r.status == 200, await r.text()
     assert (await r.json())["new"] == 50
     nd = gzip.compress("\n".join(json.dumps(event(i)) for i in range(5)).encode())
-    r = await client.post("/v1/events", data=nd, headers={**auth(PLATFORM), "Content-Type": "application/x-ndjson",
-                                                          "Content-Encoding": "gzip"})  # fmt: skip
+    r = await client.post(
+        "/v1/events",
+        data=nd,
+        headers={**auth(PLATFORM), "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
+    )
     assert (await r.json())["new"] == 5
 
 
 async def test_corrupt_gzip_is_400(client: Any) -> None:
-    r = await client.post("/v1/events", data=b"\x1f\x8b\x08\x00garbage-garbage",
-                          headers={**auth(PLATFORM), "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    r = await client.post(
+        "/v1/events",
+        data=b"\x1f\x8b\x08\x00garbage-garbage",
+        headers={**auth(PLATFORM), "Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert r.status == 400
 
 
@@ -196,8 +211,11 @@ async def test_oversize_body_is_413(client: Any) -> None:
 async def test_gzip_bomb_is_413(client: Any) -> None:
     bomb = gzip.compress(b"[" + b" " * (50 * 1024 * 1024) + b"]")  # 50 MB of spaces, ~50 kB compressed
     assert len(bomb) < 256 * 1024
-    r = await client.post("/v1/events", data=bomb, headers={**auth(PLATFORM), "Content-Type": "application/json",
-                                                            "Content-Encoding": "gzip"})  # fmt: skip
+    r = await client.post(
+        "/v1/events",
+        data=bomb,
+        headers={**auth(PLATFORM), "Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert r.status == 413
     assert "decompressed" in (await r.json())["error"]
 
@@ -295,8 +313,14 @@ async def test_event_validation_names_item_and_field(client: Any, field: str, it
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
-    [(b"", "empty"), (b"[]", "empty batch"), (b"{", "invalid JSON"), (b"\xff\xfe", "UTF-8"),
-     (b"[" * 100_000 + b"]" * 100_000, "JSON"), (b"1" * 5000, "JSON")],  # fmt: skip
+    [
+        (b"", "empty"),
+        (b"[]", "empty batch"),
+        (b"{", "invalid JSON"),
+        (b"\xff\xfe", "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON"),
+        (b"1" * 5000, "JSON"),
+    ],
 )
 async def test_malformed_bodies(client: Any, body: bytes, fragment: str) -> None:
     r = await client.post("/v1/events", data=body, headers={**auth(PLATFORM), "Content-Type": "application/json"})
@@ -382,8 +406,19 @@ async def _seed(client: Any) -> None:
     for v in range(10):
         s = f"s{v}"
         evs.append(event(v, type="join", t_ms=T0_MS + v * 1000, session=s, viewer=f"v{v}", startup_ms=900.0))
-        evs.append(event(v, type="qoe", t_ms=T0_MS + 30_000 + v, session=s, viewer=f"v{v}",
-                         stall_count=1, stall_ms=500.0, watch_ms=9500.0, height=720 if v < 5 else 480))  # fmt: skip
+        evs.append(
+            event(
+                v,
+                type="qoe",
+                t_ms=T0_MS + 30_000 + v,
+                session=s,
+                viewer=f"v{v}",
+                stall_count=1,
+                stall_ms=500.0,
+                watch_ms=9500.0,
+                height=720 if v < 5 else 480,
+            )
+        )
         if v < 4:
             evs.append(event(v, type="leave", t_ms=T0_MS + 90_000, session=s, viewer=f"v{v}"))
     r = await client.post("/v1/events", json=evs, headers=auth(PLATFORM))
@@ -438,8 +473,13 @@ async def test_read_api_bad_params(client: Any, query: str) -> None:
 
 
 async def test_incidents_roundtrip(client: Any) -> None:
-    inc = {"incident_id": "inc-1", "start_ms": T0_MS, "end_ms": T0_MS + 60_000,
-           "segment": {"region": "eu-west"}, "summary": "stalls in eu-west"}  # fmt: skip
+    inc = {
+        "incident_id": "inc-1",
+        "start_ms": T0_MS,
+        "end_ms": T0_MS + 60_000,
+        "segment": {"region": "eu-west"},
+        "summary": "stalls in eu-west",
+    }
     r = await client.post("/v1/incidents", json=inc, headers=auth(ANALYSIS))
     assert r.status == 200
     r = await client.post("/v1/incidents", json={**inc, "summary": "updated"}, headers=auth(ANALYSIS))
@@ -461,7 +501,7 @@ async def test_metrics_exposition(client: Any) -> None:
     assert f'streamqoe_probe_join_success{{region="us-east",target="{target}"}} 0' in text
     assert f'streamqoe_probe_join_failures_total{{region="us-east",target="{target}",failure="ice_timeout"}} 1' in text
     # the us-east newest report failed: no TTFF sample (not measured), not a made-up 0
-    assert f'streamqoe_probe_ttff_seconds{{region="us-east"' not in text
+    assert 'streamqoe_probe_ttff_seconds{region="us-east"' not in text
     assert 'streamqoe_ingest_items_total{endpoint="events",result="accepted"} 24' in text
     assert 'streamqoe_ingest_items_total{endpoint="events",result="rejected"} 1' in text
     assert 'streamqoe_http_request_duration_seconds_bucket{route="/v1/events",le="+Inf"}' in text

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import duckdb
@@ -54,9 +53,13 @@ async def test_ingest_over_tcp(tmp_path: Path) -> None:
 
 def test_default_run_prints_dev_tokens(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamqoe", "collector", "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamqoe", "collector", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline().decode() for _ in range(7)]
@@ -69,8 +72,12 @@ def test_default_run_prints_dev_tokens(tmp_path: Path) -> None:
 
 
 def test_refuses_public_listener_without_tokens(tmp_path: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "streamqoe", "collector", "--host", "0.0.0.0", "--port", "1"],
-                       cwd=tmp_path, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "streamqoe", "collector", "--host", "0.0.0.0", "--port", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.returncode == 2 and b"refusing" in p.stderr
 
 
@@ -103,7 +110,7 @@ async def test_kill_9_loses_no_acknowledged_item_and_no_partial_batch(tmp_path: 
     base = f"http://127.0.0.1:{port}"
     tasks = [asyncio.create_task(_stream(base, w, acked, stop)) for w in range(4)]
     deadline = time.monotonic() + 30
-    while len(acked) < 40 and time.monotonic() < deadline:
+    while len(acked) < 40 and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a plain list)
         await asyncio.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # requests are in flight on four connections
     proc.wait()
@@ -147,5 +154,3 @@ async def test_outage_then_flush_nothing_lost_nothing_duplicated(tmp_path: Path)
     con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
     ids = sorted(r[0] for r in con.execute("SELECT report_id FROM probe_reports").fetchall())
     assert ids == sorted(r["report_id"] for r in reports)
-
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -11,7 +10,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.collector_helpers import (
@@ -44,8 +42,7 @@ def test_alert_rules_check() -> None:
 @pytest.mark.prometheus
 @needs_promtool
 def test_alert_rules_unit_tests() -> None:
-    p = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], capture_output=True, text=True,
-                       cwd=RULES.parent)  # fmt: skip
+    p = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], capture_output=True, text=True, cwd=RULES.parent)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -60,7 +57,7 @@ def _query(prom_port: int, expr: str) -> list[dict[str, object]]:
 @pytest.mark.prometheus
 @needs_prometheus
 @pytest.mark.timeout(120)
-async def test_real_prometheus_scrapes_collector(tmp_path: Path) -> None:
+def test_real_prometheus_scrapes_collector(tmp_path: Path) -> None:
     port, prom_port = free_port(), free_port()
     cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port)
     (tmp_path / "reader.token").write_text(READER)
@@ -74,16 +71,27 @@ async def test_real_prometheus_scrapes_collector(tmp_path: Path) -> None:
         f"    authorization: {{type: Bearer, credentials_file: {tmp_path / 'reader.token'}}}\n"
     )
     with collector_process(cfg, port, tmp_path / "collector.log"):
-        async with aiohttp.ClientSession() as s:
-            reps = [report("eu-west", ttff_ms=900.0, stall_ratio=0.05),
-                    report("eu-west", target="http://room/whep/other", failure="ice_timeout", ttff_ms=None)]  # fmt: skip
-            async with s.post(f"http://127.0.0.1:{port}/v1/reports", json=reps, headers=auth(PROBE_EU)) as r:
-                assert r.status == 200
+        reps = [
+            report("eu-west", ttff_ms=900.0, stall_ratio=0.05),
+            report("eu-west", target="http://room/whep/other", failure="ice_timeout", ttff_ms=None),
+        ]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/reports",
+            data=json.dumps(reps).encode(),
+            headers={**auth(PROBE_EU), "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
         prom = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
-        )  # fmt: skip
+            [
+                PROMETHEUS,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+        )
         try:
             deadline = time.monotonic() + 60
             ttff: list[dict[str, object]] = []
@@ -94,7 +102,7 @@ async def test_real_prometheus_scrapes_collector(tmp_path: Path) -> None:
                         break
                 except OSError:
                     pass
-                await asyncio.sleep(0.5)
+                time.sleep(0.5)
             assert ttff, "no series arrived; prometheus.log: " + (tmp_path / "prometheus.log").read_text()[-2000:]
             assert ttff[0]["metric"]["region"] == "eu-west"  # type: ignore[index]
             assert float(ttff[0]["value"][1]) == pytest.approx(0.9)  # type: ignore[index]

@@ -77,8 +77,16 @@ async def test_retries_on_5xx_and_429_with_backoff(aiohttp_client: Any, tmp_path
     client = await aiohttp_client(app)
     sleeps = Sleeps()
     r = report("eu-west")
-    res = await deliver(r, spool_dir=tmp_path, collector_url=str(client.make_url("/")), token="t" * 20,
-                        sleep=sleeps, rng=random.Random(1), base_delay_s=0.5, max_delay_s=30)  # fmt: skip
+    res = await deliver(
+        r,
+        spool_dir=tmp_path,
+        collector_url=str(client.make_url("/")),
+        token="t" * 20,
+        sleep=sleeps,
+        rng=random.Random(1),
+        base_delay_s=0.5,
+        max_delay_s=30,
+    )
     assert res.status == "delivered" and res.attempts == 4
     assert seen == [r["report_id"]] * 4
     assert len(sleeps.delays) == 3
@@ -105,8 +113,9 @@ async def test_unreachable_collector_keeps_report_then_flush(aiohttp_client: Any
     assert len(Spool(tmp_path).pending()) == 1
     (tmp_path / "garbage.json").write_text("{not json")
     client = await aiohttp_client(create_app(config()))
-    results = await flush_spool(spool_dir=tmp_path, collector_url=str(client.make_url("/")), token=PROBE_EU,
-                                sleep=Sleeps())  # fmt: skip
+    results = await flush_spool(
+        spool_dir=tmp_path, collector_url=str(client.make_url("/")), token=PROBE_EU, sleep=Sleeps()
+    )
     assert sorted(x.status for x in results) == ["delivered", "rejected"]
     assert Spool(tmp_path).pending() == []
     assert client.server.app[STORE].count("probe_reports") == 1

@@ -1,0 +1,162 @@
+"""Fuzzing the ingest endpoints: whatever the body, a 4xx with a message or a 2xx — never a 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector.app import create_app
+from collector.events import event_from_dict, event_row
+from tests.collector_helpers import PLATFORM, PROBE_ANY, auth, config, event, free_port, report
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=50)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=20), c, max_size=5),
+    max_leaves=30,
+)
+EVENT_KEYS = [*event(0), "t_ms", "startup_ms", "stall_count", "stall_ms", "watch_ms", "height", "bitrate_kbps"]
+
+
+@st.composite
+def mutated_events(draw: Any) -> Any:
+    e = event(draw(st.integers(0, 100)))
+    for _ in range(draw(st.integers(1, 3))):
+        e[draw(st.sampled_from(EVENT_KEYS))] = draw(json_values)
+    if draw(st.booleans()):
+        e.pop(draw(st.sampled_from(list(e))), None)
+    return e
+
+
+@st.composite
+def mutated_reports(draw: Any) -> Any:
+    r = report("eu-west")
+    target: Any = r
+    path = draw(st.lists(st.sampled_from(["summary", "video", "join", "target", "streams", "labels"]), max_size=2))
+    for k in path:
+        if isinstance(target, dict) and isinstance(target.get(k), dict):
+            target = target[k]
+    if isinstance(target, dict) and target:
+        target[draw(st.sampled_from([*target.keys(), "zz_unknown"]))] = draw(json_values)
+    return r
+
+
+bodies = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(str.encode),
+    json_values.map(lambda v: json.dumps(v, allow_nan=True).encode()),
+)
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class ThreadedCollector:
+    """The real app served over loopback TCP from a background thread, so hypothesis tests stay sync."""
+
+    def __init__(self, db: str) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(create_app(config(db)), access_log=None)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+
+    async def _start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = {"raw": data[:200]}
+        return r.status, parsed
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedCollector]:
+    s = ThreadedCollector(str(tmp_path_factory.mktemp("fuzz") / "f.duckdb"))
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/reports"])
+@pytest.mark.parametrize("ctype", ["application/json", "application/x-ndjson"])
+@FUZZ
+@given(body=bodies)
+def test_random_bodies_never_5xx(server: ThreadedCollector, path: str, ctype: str, body: bytes) -> None:
+    token = PLATFORM if path == "/v1/events" else PROBE_ANY
+    status, reply = server.post(path, body, {**auth(token), "Content-Type": ctype})
+    assert status < 500, reply
+    if status >= 400:
+        assert reply["error"]
+
+
+@FUZZ
+@given(items=st.lists(mutated_events(), min_size=1, max_size=4))
+def test_mutated_events_never_5xx(server: ThreadedCollector, items: list[Any]) -> None:
+    status, reply = server.post(
+        "/v1/events", json.dumps(items, allow_nan=True).encode(), {**auth(PLATFORM), "Content-Type": "application/json"}
+    )
+    assert status in (200, 400), reply
+    if status == 400:
+        assert reply["error"] and isinstance(reply["item"], int)
+
+
+@FUZZ
+@given(items=st.lists(mutated_reports(), min_size=1, max_size=3))
+def test_mutated_reports_never_5xx(server: ThreadedCollector, items: list[Any]) -> None:
+    status, reply = server.post(
+        "/v1/reports",
+        json.dumps(items, allow_nan=True).encode(),
+        {**auth(PROBE_ANY), "Content-Type": "application/json"},
+    )
+    assert status in (200, 400), reply
+    if status == 400:
+        assert reply["error"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(e=mutated_events())
+def test_event_row_matches_event_from_dict(e: Any) -> None:
+    """The collector's fast path accepts and refuses exactly what the wire format does."""
+    try:
+        expected: Any = event_from_dict(e)
+    except ValueError as err:
+        expected = ("error", str(err))
+    try:
+        got: Any = event_row(e)
+    except ValueError as err:
+        got = ("error", str(err))
+    if isinstance(expected, tuple):
+        assert got == expected
+    else:
+        assert got == tuple(getattr(expected, f) for f in expected.__dataclass_fields__)
