@@ -21,9 +21,7 @@ log = structlog.get_logger()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, required=True, help="HTTP port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: loopback only)")
-    parser.add_argument(
-        "--scenario", metavar="FILE", help="scenario JSON: rooms and impairments (docs/scenario.md)"
-    )
+    parser.add_argument("--scenario", metavar="FILE", help="scenario JSON: rooms and impairments (docs/scenario.md)")
     parser.add_argument(
         "--room",
         action="append",
@@ -36,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="the only address ICE candidates are gathered on (default 127.0.0.1; never STUN/TURN)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="impairment RNG seed (overrides the scenario's)"
-    )
+    parser.add_argument("--seed", type=int, default=None, help="impairment RNG seed (overrides the scenario's)")
     parser.add_argument("--encoder-threads", type=int, default=1, help="threads per video encoder")
 
 
@@ -67,9 +63,7 @@ async def serve(config: ServerConfig, host: str, port: int) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     for room in config.rooms:
-        log.info(
-            "room_ready", room=room.name, whep=f"http://{host}:{port}/whep/{room.name}", codec=room.codec
-        )
+        log.info("room_ready", room=room.name, whep=f"http://{host}:{port}/whep/{room.name}", codec=room.codec)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

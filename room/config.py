@@ -24,9 +24,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def check_name(value: str, field_name: str) -> str:
     """Return ``value`` if it is a valid room/rendition name (URL-safe, 1–64 chars), else ValueError."""
     if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"{field_name}: {value!r} is not a valid name (letters, digits, '_', '.', '-'; ≤ 64)"
-        )
+        raise ValueError(f"{field_name}: {value!r} is not a valid name (letters, digits, '_', '.', '-'; ≤ 64)")
     return value
 
 
@@ -51,9 +49,7 @@ class Rendition:
             if not isinstance(value, int) or value < 64 or value > 4096 or value % 2:
                 raise ValueError(f"rendition.{name}: {value!r} must be an even integer in 64..4096")
         if marker.strip_height(self.width) > self.height // 2:
-            raise ValueError(
-                f"rendition.height: {self.height} too small for a {self.width}-wide marker strip"
-            )
+            raise ValueError(f"rendition.height: {self.height} too small for a {self.width}-wide marker strip")
         if not isinstance(self.fps, int | float) or not 1 <= self.fps <= 120:
             raise ValueError(f"rendition.fps: {self.fps!r} must be in 1..120")
         if not isinstance(self.kbps, int) or not 50 <= self.kbps <= 50_000:
@@ -119,10 +115,7 @@ class RoomConfig:
         names = [r.name for r in self.renditions]
         if len(set(names)) != len(names):
             raise ValueError(f"room.renditions: duplicate rendition names in {names}")
-        if (
-            not isinstance(self.keyframe_interval_s, int | float)
-            or not 0.2 <= self.keyframe_interval_s <= 600
-        ):
+        if not isinstance(self.keyframe_interval_s, int | float) or not 0.2 <= self.keyframe_interval_s <= 600:
             raise ValueError(f"room.keyframe_interval_s: {self.keyframe_interval_s!r} must be in 0.2..600")
         for i, rule in enumerate(self.rules):
             if rule.rendition is not None and rule.rendition not in names:

@@ -245,9 +245,7 @@ class SharedVideoEncoder(SharedSource):
         self.keyframe_interval_s = keyframe_interval_s
         self._pattern = TestPattern(rendition.width, rendition.height)
         self._ctx = open_video_codec(codec, rendition, threads)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"enc-{self.name}"
-        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enc-{self.name}")
         self._force_keyframe = False
         self._last_keyframe_at: float | None = None  # clock s
         self.keyframes = 0
@@ -264,10 +262,7 @@ class SharedVideoEncoder(SharedSource):
         self.keyframe_requests[reason] += 1
         if reason == "pli" and (
             self._force_keyframe
-            or (
-                self._last_keyframe_at is not None
-                and self.clock() - self._last_keyframe_at < PLI_MIN_INTERVAL_S
-            )
+            or (self._last_keyframe_at is not None and self.clock() - self._last_keyframe_at < PLI_MIN_INTERVAL_S)
         ):
             self.keyframe_requests_ignored += 1
             return False
@@ -347,9 +342,7 @@ class SharedAudioEncoder(SharedSource):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(
-            f"{room}/audio", AUDIO_SAMPLES / AUDIO_RATE, epoch=epoch, clock=clock, wall_clock=wall_clock
-        )
+        super().__init__(f"{room}/audio", AUDIO_SAMPLES / AUDIO_RATE, epoch=epoch, clock=clock, wall_clock=wall_clock)
         self.audio = audio
         self._tone = Tone(audio.freq_hz)
         ctx = av.CodecContext.create("libopus", "w")

@@ -23,9 +23,7 @@ AUDIO_SAMPLES = 960
 """Samples per audio frame (20 ms at 48 kHz)."""
 
 
-def _background(
-    width: int, height: int
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+def _background(width: int, height: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """Y, U, V planes twice as wide as the frame, periodic in x with period ``width``."""
     x = np.arange(2 * width, dtype=np.float32)
     y = np.arange(height, dtype=np.float32)[:, None]

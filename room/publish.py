@@ -171,9 +171,7 @@ class Publisher:
                 s.sock.close()
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "video": {**self.video.stats(), "packets_sent": self.video_stream.packets_sent}
-        }
+        out: dict[str, Any] = {"video": {**self.video.stats(), "packets_sent": self.video_stream.packets_sent}}
         if self.audio is not None and self.audio_stream is not None:
             out["audio"] = {**self.audio.stats(), "packets_sent": self.audio_stream.packets_sent}
         return out

@@ -91,9 +91,7 @@ class Room:
             for r in config.renditions
         }
         self.audio_encoder = (
-            SharedAudioEncoder(
-                config.name, config.audio, epoch=self.started_at, clock=clock, wall_clock=wall_clock
-            )
+            SharedAudioEncoder(config.name, config.audio, epoch=self.started_at, clock=clock, wall_clock=wall_clock)
             if config.audio
             else None
         )
@@ -135,11 +133,7 @@ class Room:
         """
         refusal = self.refusal(labels)
         if refusal is not None:
-            retry = (
-                None
-                if refusal.room_to_ms is None
-                else max(0.0, (refusal.room_to_ms - self.room_time_ms()) / 1000)
-            )
+            retry = None if refusal.room_to_ms is None else max(0.0, (refusal.room_to_ms - self.room_time_ms()) / 1000)
             self.joins_refused.append(
                 {
                     "t_ms": round(self.wall_clock() * 1000, 1),

@@ -129,11 +129,7 @@ def _rule(value: Any, path: str) -> Rule:
         freeze_ms = obj.pop("freeze_ms")
         if "duration_ms" in obj:
             raise ValueError(f"{path}.freeze_ms: a freeze rule's duration is freeze_ms; drop duration_ms")
-        if (
-            isinstance(freeze_ms, bool)
-            or not isinstance(freeze_ms, int | float)
-            or not 0 < freeze_ms <= 3_600_000
-        ):
+        if isinstance(freeze_ms, bool) or not isinstance(freeze_ms, int | float) or not 0 < freeze_ms <= 3_600_000:
             raise ValueError(f"{path}.freeze_ms: {freeze_ms!r} must be a number in (0, 3600000]")
         kwargs.update(freeze=True, duration_ms=freeze_ms)
     if "rendition" in obj and not isinstance(obj["rendition"], str):
@@ -219,12 +215,9 @@ def parse(obj: Any) -> Scenario:
     seed = top.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r} must be an integer")
-    rules = tuple(
-        _rule(r, f"impairments[{i}]") for i, r in enumerate(_list(top.get("impairments", []), "impairments"))
-    )
+    rules = tuple(_rule(r, f"impairments[{i}]") for i, r in enumerate(_list(top.get("impairments", []), "impairments")))
     refusals = tuple(
-        _refusal(r, f"refuse_joins[{i}]")
-        for i, r in enumerate(_list(top.get("refuse_joins", []), "refuse_joins"))
+        _refusal(r, f"refuse_joins[{i}]") for i, r in enumerate(_list(top.get("refuse_joins", []), "refuse_joins"))
     )
     scenario = Scenario(rooms=(), seed=seed, rules=rules, refusals=refusals)
     rooms = tuple(

@@ -145,9 +145,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.at_ms is not None and self.room_at_ms is not None:
-            raise ValueError(
-                "at_ms: give at_ms (from the viewer's join) or room_at_ms (from room start), not both"
-            )
+            raise ValueError("at_ms: give at_ms (from the viewer's join) or room_at_ms (from room start), not both")
         _check_range("at_ms", self.at_ms, 0, 1e9)
         _check_range("room_at_ms", self.room_at_ms, 0, 1e9)
         _check_range("duration_ms", self.duration_ms, 0, 1e9)
@@ -175,9 +173,7 @@ class Rule:
         return out
 
 
-def settings_at(
-    rules: Sequence[Rule], t_ms: float, join_offset_ms: float, base: Settings | None = None
-) -> Settings:
+def settings_at(rules: Sequence[Rule], t_ms: float, join_offset_ms: float, base: Settings | None = None) -> Settings:
     """The settings in force ``t_ms`` after the join, for ``rules`` already filtered by label."""
     values: dict[str, Any] = {}
     freeze = False
@@ -195,9 +191,7 @@ def settings_at(
 
 def next_change_ms(rules: Sequence[Rule], t_ms: float, join_offset_ms: float) -> float | None:
     """The first rule boundary strictly after ``t_ms`` (ms since join), or None if nothing changes."""
-    later = [
-        edge for rule in rules for edge in rule.window(join_offset_ms) if edge > t_ms and edge != float("inf")
-    ]
+    later = [edge for rule in rules for edge in rule.window(join_offset_ms) if edge > t_ms and edge != float("inf")]
     return min(later) if later else None
 
 

@@ -118,9 +118,7 @@ async def whep_delete(request: web.Request) -> web.Response:
     """Leave."""
     room = _room_or_404(request)
     if not await room.leave(request.match_info["viewer"], "delete"):
-        raise web.HTTPNotFound(
-            text=f"no active viewer {request.match_info['viewer']!r} in room {room.name!r}\n"
-        )
+        raise web.HTTPNotFound(text=f"no active viewer {request.match_info['viewer']!r} in room {room.name!r}\n")
     return web.Response(status=200, text="left\n")
 
 

@@ -63,9 +63,7 @@ class Freeze:
             "scheduled_end_ms": r(self.scheduled_end_ms),
             "start_ms": r(self.start_ms),
             "end_ms": r(self.end_ms),
-            "duration_ms": None
-            if self.start_ms is None or self.end_ms is None
-            else r(self.end_ms - self.start_ms),
+            "duration_ms": None if self.start_ms is None or self.end_ms is None else r(self.end_ms - self.start_ms),
             "resume_marker_seq": self.resume_marker_seq,
         }
 

@@ -268,3 +268,24 @@ def test_rtp_header_and_rtcp_demux() -> None:
     assert is_rtcp(bytes([0x80, 200, 0, 6]) + bytes(24))  # sender report
     with pytest.raises(ValueError):
         RtpHeader.parse(b"\x00" * 12)
+
+
+def test_shared_encoder_rate_limits_pli_but_not_joins() -> None:
+    from room.config import Rendition
+    from room.encoder import SharedVideoEncoder
+
+    now = [100.0]
+    enc = SharedVideoEncoder(
+        "t", "vp8", Rendition("180p", 320, 180, 30, 300), keyframe_interval_s=4, epoch=0.0, clock=lambda: now[0]
+    )
+    assert enc.request_keyframe("pli")
+    assert not enc.request_keyframe("pli")  # one already pending serves both
+    enc._force_keyframe, enc._last_keyframe_at = False, 100.0  # as if the keyframe just went out
+    now[0] = 100.2
+    assert not enc.request_keyframe("pli")  # within 300 ms of the last keyframe
+    assert enc.request_keyframe("join")  # a join always gets its keyframe
+    enc._force_keyframe = False
+    now[0] = 100.31
+    assert enc.request_keyframe("pli")
+    assert enc.keyframe_requests == {"pli": 4, "join": 1}
+    assert enc.keyframe_requests_ignored == 2
