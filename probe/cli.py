@@ -16,7 +16,6 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import structlog
 
