@@ -104,14 +104,17 @@ def _write_configs(run: Path, probe_s: float) -> tuple[Path, Path, dict[str, str
     return collector_cfg, scenario_file, tokens
 
 
-def _probe_summary(db: Path) -> list[dict[str, Any]]:
+def _probe_summary(db: Path, window: tuple[float, float], inside: bool) -> list[dict[str, Any]]:
+    """Per region: probe sessions that started inside (or outside) ``window`` (wall ms)."""
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
+    cond = "BETWEEN ? AND ?" if inside else "NOT BETWEEN ? AND ?"
     try:
         rows = con.execute(
             "SELECT region, count(*), count(failure), avg(ttff_ms), avg(stall_ratio), avg(loss_pct), "
-            "sum(freeze_count) FROM probe_reports GROUP BY region ORDER BY region").fetchall()
+            f"sum(freeze_count) FROM probe_reports WHERE started_ms {cond} GROUP BY region ORDER BY region",
+            [window[0], window[1]]).fetchall()
     finally:
         con.close()
     keys = ("region", "sessions", "failed", "ttff_ms", "stall_ratio", "loss_pct", "freezes")
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         _wait_http(f"{collector_url}/healthz", collector, "collector")
         room = start("room", _cmd("room", "--port", str(r_port), "--scenario", str(scenario)))
         _wait_http(f"http://127.0.0.1:{r_port}/rooms", room, "room")
+        room_t0_ms = time.time() * 1000
         _say(f"collector {collector_url}, room http://127.0.0.1:{r_port}/whep/live")
         probes = [
             start(f"probe-{region}", _cmd(
@@ -153,27 +157,28 @@ def run(args: argparse.Namespace) -> int:
         _say(f"probes running in {', '.join(REGIONS)}; {INCIDENT_REGION} is degraded from "
              f"{0.3 * probe_s:.0f} s to {0.75 * probe_s:.0f} s")
         _say("audience model: 3 h of simulated viewers, incident in region eu for the last 30 min")
-        audience = subprocess.run(_cmd(
-            "audience", "--seed", str(args.seed), "--minutes", "180", "--rate", "150",
+        audience = start("audience", _cmd(
+            "audience", "--seed", str(args.seed), "--minutes", "180", "--rate", "150", "--batch", "5000",
             "--incident", f"region={INCIDENT_REGION}@150-180:0.15", "--collector", collector_url,
-            "--token", tokens["platform"], "--truth", str(run_dir / "audience_truth.json")),
-            capture_output=True, timeout=600)
-        if audience.returncode != 0:
-            raise RuntimeError(f"audience model failed: {audience.stderr.decode()[-500:]}")
+            "--token", tokens["platform"], "--truth", str(run_dir / "audience_truth.json")))
         t_end = time.monotonic() + probe_s
         while time.monotonic() < t_end:
             time.sleep(min(15.0, max(0.0, t_end - time.monotonic())))
             _say(f"probing… {max(0.0, t_end - time.monotonic()):.0f} s left")
+        if audience.wait(600) != 0:
+            raise RuntimeError(f"audience model failed (status {audience.returncode}); see logs/audience.log")
         for p in probes:
             _stop(p, 40)
         _stop(room)
         _stop(collector)
         db = run_dir / "streamqoe.duckdb"
-        _say("probe QoE per region (all sessions):")
-        for row in _probe_summary(db):
-            print(f"   {row['region']:<3} sessions {row['sessions']:>3}  failed {row['failed']}  "
-                  f"TTFF {row['ttff_ms'] or 0:6.0f} ms  stall ratio {100 * (row['stall_ratio'] or 0):5.2f}%  "
-                  f"loss {row['loss_pct'] or 0:5.2f}%  freezes {row['freezes'] or 0}")
+        window = (room_t0_ms + 300 * probe_s, room_t0_ms + 750 * probe_s)
+        for label, inside in (("during the probe incident window", True), ("outside it", False)):
+            _say(f"probe QoE per region, sessions {label}:")
+            for row in _probe_summary(db, window, inside):
+                print(f"   {row['region']:<3} sessions {row['sessions']:>3}  failed {row['failed']}  "
+                      f"TTFF {row['ttff_ms'] or 0:6.0f} ms  stall ratio {100 * (row['stall_ratio'] or 0):5.2f}%  "
+                      f"loss {row['loss_pct'] or 0:5.2f}%  freezes {row['freezes'] or 0}")
         _say("analysing viewer events")
         report_dir = run_dir / "report"
         analysis = subprocess.run(_cmd("analyze", "--db", str(db), "--out", str(report_dir), "--write-incidents"),
