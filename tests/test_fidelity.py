@@ -69,11 +69,12 @@ def _sides(results: dict[str, dict[str, Any]], name: str) -> tuple[dict[str, Any
 
 def test_clean(results: dict[str, dict[str, Any]]) -> None:
     probe, chrome = _sides(results, "clean")
-    assert chrome["freezeCount"] == 0
-    # the probe renders at decode time, with no playout buffer: a stall of its own process on a busy
-    # 2-core machine (room, Chromium, probe and whatever else runs) is a freeze to it, not to Chromium.
-    # Measured: 0-2 per 15 s, 190-620 ms, load average 8-9 (docs/fidelity.md)
-    assert probe["freezeCount"] <= 2 and probe["totalFreezesDuration"] <= 1.0, probe
+    # No impairment is not no freeze on a loaded 2-core box: the probe renders at decode time with no
+    # playout buffer, so a stall of its own process is a freeze to it (0-2 per 15 s, 190-620 ms), and a
+    # stall of the room's shared encoder is a freeze to both (one 236 ms freeze seen by both at once).
+    # Measured at load average 5-9 (docs/fidelity.md).
+    for side in (probe, chrome):
+        assert side["freezeCount"] <= 2 and side["totalFreezesDuration"] <= 1.0, side
     assert probe["sizes"] == chrome["sizes"] == [(640, 360)]
     assert probe["loss_pct"] == 0 and chrome["loss_pct"] == 0
     assert probe["fps"] > 20 and chrome["fps"] > 20
