@@ -80,7 +80,7 @@ def from_duckdb(path: Path, from_ms: int, to_ms: int, lookahead_ms: int = 7 * DA
 
 def _as_float(a: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
     if isinstance(a, np.ma.MaskedArray):
-        return np.asarray(a.astype(np.float64).filled(np.nan), dtype=np.float64)
+        return np.asarray(np.ma.filled(a.astype(np.float64), np.nan), dtype=np.float64)
     return np.asarray(a, dtype=np.float64)
 
 

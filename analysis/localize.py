@@ -147,11 +147,11 @@ def _best_slices(
     out: list[tuple[float, float, Slice]] = []
     for dims, grp, vals in zip(cub.dims, cub.group_of_leaf, cub.values, strict=True):
         ng = vals.shape[0]
-        vs = np.bincount(grp, weights=v_free, minlength=ng)
-        es = np.bincount(grp, weights=e_free, minlength=ng)
+        vs = np.bincount(grp, weights=v_free, minlength=ng).astype(np.float64)
+        es = np.bincount(grp, weights=e_free, minlength=ng).astype(np.float64)
         overlap = np.bincount(grp, weights=covered_w, minlength=ng)
-        vr = vo - vs
-        er = eo - es
+        vr = np.asarray(vo - vs, dtype=np.float64)
+        er = np.asarray(eo - es, dtype=np.float64)
         gain = 2.0 * (_xlogx_ratio(vs, es) + _xlogx_ratio(vr, er) - base)
         # elevated relative to the rest, not overlapping what is already chosen, not the whole space
         ok = (overlap == 0) & (es > _EPS) & (er > _EPS) & (vs * er > vr * es) & (vs > 0)
@@ -190,9 +190,10 @@ class Scanner:
         for dims, grp, vals in zip(self._cub.dims, self._cub.group_of_leaf, self._cub.values, strict=True):
             ng = vals.shape[0]
             key = (grp[:, None] * n_w + np.arange(n_w)[None, :]).ravel()
-            vs = np.bincount(key, weights=actual.ravel(), minlength=ng * n_w).reshape(ng, n_w)
-            es = np.bincount(key, weights=expected.ravel(), minlength=ng * n_w).reshape(ng, n_w)
-            vr, er = vo[None, :] - vs, eo[None, :] - es
+            vs = np.bincount(key, weights=actual.ravel(), minlength=ng * n_w).reshape(ng, n_w).astype(np.float64)
+            es = np.bincount(key, weights=expected.ravel(), minlength=ng * n_w).reshape(ng, n_w).astype(np.float64)
+            vr = np.asarray(vo[None, :] - vs, dtype=np.float64)
+            er = np.asarray(eo[None, :] - es, dtype=np.float64)
             gain = 2.0 * (_xlogx_ratio(vs, es) + _xlogx_ratio(vr, er) - base[None, :])
             ok = (es > _EPS) & (er > _EPS) & (vs * er > vr * es) & (vs > 0)
             gain = np.where(ok, gain, -np.inf)

@@ -87,8 +87,8 @@ def sessions_of(table: EventTable) -> Sessions:
     q = table.etype == QOE
     st = np.nan_to_num(table.stall_ms)
     wa = np.nan_to_num(table.watch_ms)
-    stall = np.bincount(s[q], weights=st[q], minlength=n)
-    play = np.bincount(s[q], weights=st[q] + wa[q], minlength=n)
+    stall = np.bincount(s[q], weights=st[q], minlength=n).astype(np.float64)
+    play = np.bincount(s[q], weights=st[q] + wa[q], minlength=n).astype(np.float64)
     return Sessions(start, end, left, viewer, np.full(n, -1, dtype=np.int64), startup, stall, play)
 
 
@@ -123,7 +123,8 @@ def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) 
     size = n_l * m_n
 
     def grid(idx: NDArray[np.int64], w: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
-        return np.bincount(idx, weights=w, minlength=size).reshape(n_l, m_n) if size else np.zeros((0, m_n))
+        out = np.bincount(idx, weights=w, minlength=size).reshape(n_l, m_n) if size else np.zeros((0, m_n))
+        return np.asarray(out, dtype=np.float64)
 
     ev_leaf = sessions.leaf[table.session]
     ev_min = (table.t_ms - t0) // MINUTE_MS
