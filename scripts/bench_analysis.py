@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.audience import AudienceConfig, IncidentSpec, generate  # noqa: E402
-from analysis.pipeline import run_analysis  # noqa: E402
+from analysis.audience import AudienceConfig, IncidentSpec, generate
+from analysis.pipeline import run_analysis
 
 T0 = 1_790_000_040_000 - 1_790_000_040_000 % 60_000
 
