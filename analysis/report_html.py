@@ -41,7 +41,8 @@ def svg_line(
     )
     top = f"{hi:.1%}" if pct else f"{hi:.3g}"
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
+        f'aria-label="{html.escape(title)}">'
         f'{shade}<text x="40" y="9" font-size="10">{html.escape(title)} (max {top})</text>'
         f'<line x1="40" y1="{h - 20}" x2="{w - 10}" y2="{h - 20}" stroke="#999"/>'
         f'<path d="{path}" fill="none" stroke="#2060c0" stroke-width="1.5"/>'
