@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import signal
 import sys
@@ -48,12 +49,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
             raise ValueError(f"--room: room {room.name!r} is also defined in the scenario file")
     config = scen.server_config(extra, ice_host=args.ice_host, encoder_threads=args.encoder_threads)
     if args.seed is not None:
-        config = ServerConfig(
-            rooms=config.rooms,
-            ice_host=config.ice_host,
-            seed=args.seed,
-            encoder_threads=config.encoder_threads,
-        )
+        config = dataclasses.replace(config, seed=args.seed)
     return config
 
 

@@ -184,6 +184,8 @@ class ServerConfig:
     """Seed of the impairment RNGs (viewer n of room R uses ``Random(f"{seed}:{R}:{n}")``)."""
     encoder_threads: int = 1
     """Threads per video encoder (libvpx/libx264)."""
+    fast_send: bool = True
+    """Send the shared, once-packetized payloads with ``room/fastsend.py`` instead of aiortc's per-viewer loop."""
     clock: Callable[[], float] = time.monotonic
     """Monotonic clock, s: pacing, schedules, shaping."""
     wall_clock: Callable[[], float] = time.time

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import fractions
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 
 import av
 import structlog
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 
 from probe.marker import Marker
 from room.config import AudioConfig, Rendition
@@ -59,6 +62,8 @@ class EncodedFrame:
     """Video frame height, pixels (0 for audio)."""
     rendition: str = ""
     """Rendition name (empty for audio)."""
+    payloads: tuple[bytes, ...] = ()
+    """RTP payloads of the frame, packetized once for every viewer (``room/fastsend.py``)."""
 
 
 class Subscriber(Protocol):
@@ -247,11 +252,13 @@ class SharedVideoEncoder(SharedSource):
         self._ctx = open_video_codec(codec, rendition, threads)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enc-{self.name}")
         self._force_keyframe = False
+        self._picture_id = random.randint(0, (1 << 15) - 1)  # VP8 payload descriptor, shared by all viewers
         self._last_keyframe_at: float | None = None  # clock s
         self.keyframes = 0
         self.keyframe_requests: Counter[str] = Counter()
         self.keyframe_requests_ignored = 0
         self.bytes_encoded = 0
+        self.encode_cpu_s = 0.0
 
     def request_keyframe(self, reason: str) -> bool:
         """Make the next frame a keyframe. ``reason``: ``join``, ``pli``, ``freeze``, ``switch``, ``backlog``.
@@ -283,7 +290,14 @@ class SharedVideoEncoder(SharedSource):
         return frame
 
     def _encode(self, tick: int, capture_ms: int, pts: int, force: bool) -> EncodedFrame | None:
-        """Draw and encode one frame (worker thread)."""
+        """Draw, encode and packetize one frame (worker thread), counting the thread's CPU time."""
+        started = time.thread_time()
+        try:
+            return self._draw_and_encode(tick, capture_ms, pts, force)
+        finally:
+            self.encode_cpu_s += time.thread_time() - started
+
+    def _draw_and_encode(self, tick: int, capture_ms: int, pts: int, force: bool) -> EncodedFrame | None:
         picture = self._pattern.frame(tick, Marker(seq=tick % 2**32, capture_ms=capture_ms))
         picture.pts = pts
         picture.time_base = VIDEO_TIME_BASE
@@ -297,8 +311,15 @@ class SharedVideoEncoder(SharedSource):
         packet.dts = pts
         packet.time_base = VIDEO_TIME_BASE
         self.bytes_encoded += packet.size
+        data = bytes(packet)
+        if self.codec == "vp8":
+            payloads = Vp8Encoder._packetize(data, self._picture_id)
+            self._picture_id = (self._picture_id + 1) % (1 << 15)
+        else:
+            payloads = H264Encoder._packetize(H264Encoder._split_bitstream(data))
         r = self.rendition
         return EncodedFrame(
+            payloads=tuple(payloads),
             packet=packet,
             kind="video",
             seq=tick % 2**32,
@@ -323,6 +344,7 @@ class SharedVideoEncoder(SharedSource):
             keyframe_requests=dict(self.keyframe_requests),
             keyframe_requests_ignored=self.keyframe_requests_ignored,
             bytes_encoded=self.bytes_encoded,
+            encode_cpu_ms_avg=round(1000 * self.encode_cpu_s / self.frames_encoded, 3) if self.frames_encoded else None,
             bitrate_kbps=round(self.bytes_encoded * 8 / secs / 1000, 1) if secs else None,
         )
         return out
@@ -367,5 +389,10 @@ class SharedAudioEncoder(SharedSource):
         packet.pts = round((due - self.epoch) * AUDIO_RATE)
         packet.time_base = AUDIO_TIME_BASE
         return EncodedFrame(
-            packet=packet, kind="audio", seq=tick, capture_ms=int(self.wall_clock() * 1000), keyframe=True
+            packet=packet,
+            kind="audio",
+            seq=tick,
+            capture_ms=int(self.wall_clock() * 1000),
+            keyframe=True,
+            payloads=(bytes(packet),),
         )

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
-from room import ice
+from room import fastsend, ice
 from room.config import RoomConfig
 from room.encoder import SharedAudioEncoder, SharedVideoEncoder
 from room.schedule import Refusal, labels_match
@@ -68,11 +68,13 @@ class Room:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         encoder_threads: int = 1,
+        fast_send: bool = True,
     ) -> None:
         self.config = config
         self.name = config.name
         self.seed = seed
         self.ice_host = ice_host
+        self.fast_send = fast_send
         self.clock = clock
         self.wall_clock = wall_clock
         self.started_at = clock()
@@ -162,6 +164,10 @@ class Room:
                     [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in wanted]
                 )
                 audio_tr = pc.addTransceiver(audio, direction="sendonly") if audio else None
+                if self.fast_send:  # before the senders can start (they start once DTLS is up)
+                    fastsend.install(video_tr.sender, video)
+                    if audio_tr is not None and audio is not None:
+                        fastsend.install(audio_tr.sender, audio)
                 try:
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
                 except Exception as exc:

@@ -170,6 +170,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
             clock=config.clock,
             wall_clock=config.wall_clock,
             encoder_threads=config.encoder_threads,
+            fast_send=config.fast_send,
         )
         for rc in config.rooms
     }

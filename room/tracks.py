@@ -90,6 +90,10 @@ class ViewerVideoTrack(MediaStreamTrack):
 
     # -- called by the RTCRtpSender
     async def recv(self) -> av.Packet:  # type: ignore[type-arg]
+        return (await self.recv_frame()).packet
+
+    async def recv_frame(self) -> EncodedFrame:
+        """The next frame for this viewer (what ``recv`` hands aiortc's own sender loop, with payloads)."""
         if self.readyState != "live":
             raise MediaStreamError
         if not self._subscribed:
@@ -127,7 +131,7 @@ class ViewerVideoTrack(MediaStreamTrack):
             if self.observer is not None:
                 self.observer.frame_out(frame, self._after_freeze)
             self._after_freeze = False
-            return frame.packet
+            return frame
 
     def stop(self) -> None:
         if self.readyState == "live":
@@ -156,6 +160,10 @@ class ViewerAudioTrack(MediaStreamTrack):
         self._queue.put_nowait(frame)
 
     async def recv(self) -> av.Packet:  # type: ignore[type-arg]
+        return (await self.recv_frame()).packet
+
+    async def recv_frame(self) -> EncodedFrame:
+        """The next shared Opus frame."""
         if self.readyState != "live":
             raise MediaStreamError
         if not self._subscribed:
@@ -164,7 +172,7 @@ class ViewerAudioTrack(MediaStreamTrack):
         frame = await self._queue.get()
         if frame is None:
             raise MediaStreamError
-        return frame.packet
+        return frame
 
     def stop(self) -> None:
         if self.readyState == "live":

@@ -42,13 +42,17 @@ def max_gap(frames: list[ReceivedFrame]) -> tuple[float, ReceivedFrame]:
 
 
 @pytest.mark.parametrize(
-    ("codec", "rendition"),
-    [("vp8", Rendition("720p", 1280, 720, 30, 1500)), ("h264", Rendition("360p", 640, 360, 25, 800))],
+    ("codec", "rendition", "fast_send"),
+    [
+        ("vp8", Rendition("720p", 1280, 720, 30, 1500), True),
+        ("h264", Rendition("360p", 640, 360, 25, 800), True),
+        ("h264", Rendition("360p", 640, 360, 25, 800), False),  # aiortc's own sender loop
+    ],
 )
 async def test_join_decodes_marked_frames_at_the_configured_format(
-    session: aiohttp.ClientSession, codec: str, rendition: Rendition
+    session: aiohttp.ClientSession, codec: str, rendition: Rendition, fast_send: bool
 ) -> None:
-    config = ServerConfig(rooms=(RoomConfig("test", codec=codec, renditions=(rendition,)),))
+    config = ServerConfig(rooms=(RoomConfig("test", codec=codec, renditions=(rendition,)),), fast_send=fast_send)
     async with RoomServer(config) as server:
         viewer = WhepViewer(server.whep_url("test"))
         assert await viewer.join(session) == 201
@@ -151,9 +155,10 @@ async def test_delete_leaves_and_truth_records_it(session: aiohttp.ClientSession
     assert v["first_video_packet"] is not None
 
 
-async def test_random_loss_end_to_end(session: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize("fast_send", [True, False])
+async def test_random_loss_end_to_end(session: aiohttp.ClientSession, fast_send: bool) -> None:
     rule = Rule(match={"region": ("eu",)}, loss_pct=10.0)
-    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=(rule,)),), seed=1)
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=(rule,)),), seed=1, fast_send=fast_send)
     async with RoomServer(config) as server:
         eu = WhepViewer(server.whep_url("test"), labels={"region": "eu"})
         us = WhepViewer(server.whep_url("test"), labels={"region": "us"})
