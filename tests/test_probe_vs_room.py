@@ -233,3 +233,15 @@ def test_rendition_config_is_what_the_room_serves() -> None:
     # guards the assumption above that a room's first rendition is its default
     cfg = RoomConfig("x", renditions=(Rendition("a", 640, 360, 30, 500), Rendition("b", 1280, 720, 30, 1500)))
     assert cfg.renditions[0].height == 360
+
+
+async def test_udp_receive_buffer_is_enlarged() -> None:
+    # the kernel default (212,992 bytes) drops packets at ~15-20 viewers per process
+    from probe.session import Session
+
+    async with RoomServer(ServerConfig(rooms=(RoomConfig("buf", renditions=(Rendition("s", 320, 180, 15, 200),)),))) \
+            as server:
+        session = Session(ProbeOptions(url=server.whep_url("buf"), duration_s=1.5))
+        report = await session.run()
+    assert report.failure is None, report.failure_message
+    assert session.rcvbuf_bytes is not None and session.rcvbuf_bytes >= 1_000_000
