@@ -80,7 +80,9 @@ class SendPath:
         self._burst: GilbertElliott | None = None
         self._bucket: TokenBucket | None = None
         self._delay: DelayJitter | None = None
-        self._video_ssrc = self._rtx_ssrc = self._audio_ssrc = -1
+        self._video_ssrc = self._rtx_ssrc = self._audio_ssrc = b""  # 4-byte big-endian SSRCs
+        self._lossy = False  # a loss model is active
+        self._direct = True  # no cap and no delay
         self._current: EncodedFrame | None = None
         self._current_after_freeze = False
         self._last_sent_frame: EncodedFrame | None = None
@@ -94,9 +96,11 @@ class SendPath:
 
     def set_ssrcs(self, video: int | None, rtx: int | None, audio: int | None) -> None:
         """SSRCs of the video sender, its RTX stream and the audio sender (None if absent)."""
-        self._video_ssrc = -1 if video is None else video
-        self._rtx_ssrc = -1 if rtx is None else rtx
-        self._audio_ssrc = -1 if audio is None else audio
+
+        def key(ssrc: int | None) -> bytes:
+            return b"" if ssrc is None else ssrc.to_bytes(4, "big")
+
+        self._video_ssrc, self._rtx_ssrc, self._audio_ssrc = key(video), key(rtx), key(audio)
 
     def install(self, dtls: Any) -> None:
         """Route ``dtls._send_rtp`` (an aiortc RTCDtlsTransport) through this send path."""
@@ -125,6 +129,8 @@ class SendPath:
                 else None
             )
         self.settings = settings
+        self._lossy = self._random is not None or self._burst is not None
+        self._direct = self._bucket is None and self._delay is None
 
     def frame_out(self, frame: EncodedFrame, after_freeze: bool) -> None:
         """The video track is handing ``frame`` to the sender: the next video packets belong to it."""
@@ -133,10 +139,11 @@ class SendPath:
 
     # -- per packet
     async def send(self, original: SendRtp, data: bytes) -> None:
-        if is_rtcp(data) or len(data) < 12:
+        # per-packet hot path (tens of thousands of calls a second): no helper calls until needed
+        if len(data) < 12 or 192 <= data[1] <= 208:  # RTCP (RFC 5761 demux, as aiortc's is_rtcp)
             await original(data)
             return
-        ssrc = int.from_bytes(data[8:12], "big")
+        ssrc = data[8:12]
         frame: EncodedFrame | None = None
         after_freeze = False
         if ssrc == self._video_ssrc:
@@ -148,14 +155,18 @@ class SendPath:
             kind, counts = "rtx", self.truth.rtx
         else:
             kind, counts = "other", self.truth.other
-        lost_random = self._random is not None and self._random.lost()
-        lost_burst = self._burst is not None and self._burst.lost()
-        if lost_random or lost_burst:
-            self._drop(counts, "random" if lost_random else "burst")
-            return
-        if self._bucket is None and self._delay is None and not self._line:  # the common, fast path
+        if self._lossy:
+            lost_random = self._random is not None and self._random.lost()
+            lost_burst = self._burst is not None and self._burst.lost()
+            if lost_random or lost_burst:
+                self._drop(counts, "random" if lost_random else "burst")
+                return
+        if self._direct and not self._line:  # no cap, no delay: straight out
             await original(data)
-            self._record(kind, counts, len(data), frame, after_freeze)
+            counts.packets_sent += 1
+            counts.bytes_sent += len(data)
+            if frame is not None:
+                self._record_video(frame, after_freeze)
             return
         now_ms = self.clock() * 1000
         at_ms = now_ms
@@ -211,8 +222,11 @@ class SendPath:
     ) -> None:
         counts.packets_sent += 1
         counts.bytes_sent += size
-        if kind != "video" or frame is None:
-            return
+        if frame is not None:  # only video media packets carry their frame
+            self._record_video(frame, after_freeze)
+
+    def _record_video(self, frame: EncodedFrame, after_freeze: bool) -> None:
+        """Bookkeeping for a video media packet of ``frame`` just sent."""
         truth = self.truth
         now_ms = self.wall_clock() * 1000
         if frame is not self._last_sent_frame:  # the first packet of a frame
