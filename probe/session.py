@@ -211,11 +211,11 @@ class Session:
 
     # --- the session ------------------------------------------------------------------------
     async def run(self) -> Report:
-        self.t0 = self.clock()
-        self.started_at = datetime.fromtimestamp(self.wall_clock(), tz=UTC).isoformat(timespec="milliseconds")
-        self.started_at = self.started_at.replace("+00:00", "Z")
         pc: RTCPeerConnection | None = None
         tasks: list[asyncio.Task[None]] = []
+        setup_error: SignalingError | None = None
+        # set-up that is not part of a viewer's join (imports, adapter, address choice) happens before t0,
+        # so TTFF never includes a first import of aiohttp (~0.5 s)
         try:
             if self.signaling is None:
                 self.signaling = adapter_for_url(self.opts.url, codec=self.opts.codec, token=self.opts.token)
@@ -223,6 +223,14 @@ class Session:
             restrict_host_addresses(self.opts.ice_addresses or addresses_for_target(host))
             if self.latency_clock is None:
                 self.latency_clock = "same_host" if addresses_for_target(host) else "ntp"
+        except SignalingError as e:
+            setup_error = e
+        self.t0 = self.clock()
+        self.started_at = datetime.fromtimestamp(self.wall_clock(), tz=UTC).isoformat(timespec="milliseconds")
+        self.started_at = self.started_at.replace("+00:00", "Z")
+        try:
+            if setup_error is not None:
+                raise setup_error
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(u) for u in self.opts.ice_servers]))
             self._watch_states(pc)
             tasks.append(asyncio.ensure_future(self._tick()))
@@ -231,7 +239,7 @@ class Session:
                 tasks.append(asyncio.ensure_future(self._consume_video()))
                 await self._wait_connected_and_media()
             if self.failure is None:
-                await asyncio.sleep(max(0.0, self.t0 + self.opts.duration_s - self.clock()))
+                await self._watch_until_end()
         except SignalingError as e:
             self._fail(e.code, e.message)
         except Exception as e:  # a bug in the probe: still a report
@@ -249,6 +257,22 @@ class Session:
             with contextlib.suppress(Exception):
                 await pc.close()
         return self._report(end_ms)
+
+    async def _watch_until_end(self) -> None:
+        """Sleep until t0 + duration, or until the adapter reports the server lost the session."""
+        remaining = max(0.0, self.t0 + self.opts.duration_s - self.clock())
+        wait_lost = getattr(self.signaling, "wait_lost", None)
+        if wait_lost is None:
+            await asyncio.sleep(remaining)
+            return
+        lost: asyncio.Future[SignalingError] = asyncio.ensure_future(wait_lost())
+        try:
+            done, _ = await asyncio.wait({lost}, timeout=remaining)
+            if lost in done:
+                err = lost.result()
+                self._fail(err.code, err.message)
+        finally:
+            lost.cancel()
 
     async def _join(self, pc: RTCPeerConnection) -> None:
         assert self.signaling is not None

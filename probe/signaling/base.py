@@ -34,5 +34,8 @@ class Signaling(Protocol):
     async def leave(self) -> None:
         """Tear the session down on the server (never raises)."""
 
+    # Optional: ``async def wait_lost(self) -> SignalingError`` returns when the server has lost the
+    # session mid-watch (e.g. Janus forgot it); the session then ends early with that failure.
+
 
 AsyncFn = Callable[[], Awaitable[None]]
