@@ -273,3 +273,21 @@ async def test_delay_and_cap_end_to_end(session: aiohttp.ClientSession) -> None:
     seconds = (capped["left_ms"] - capped["joined_ms"]) / 1000
     sent_kbps = (capped["video"]["bytes_sent"] + capped["rtx"]["bytes_sent"]) * 8 / 1000 / seconds
     assert sent_kbps <= 400 * 1.1
+
+
+async def test_viewer_that_goes_away_without_delete_is_cleaned_up(session: aiohttp.ClientSession) -> None:
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R180,)),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"))
+        await viewer.join(session)
+        await viewer.wait_frames(3)
+        await viewer.leave()  # closes the peer connection (DTLS close_notify), no DELETE
+        room = server.rooms["test"]
+        for _ in range(100):  # up to 10 s
+            if not room.viewers:
+                break
+            await asyncio.sleep(0.1)
+        (v,) = room.truth()["viewers"]
+    assert v["leave_reason"] == "connection_closed"
+    assert v["left_ms"] is not None
+    assert room.video_encoders["180p"].subscriber_count == 0
