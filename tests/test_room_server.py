@@ -26,11 +26,7 @@ async def make_offer(video_codec: str | None = None, audio: bool = True, video: 
             tr = pc.addTransceiver("video", direction="recvonly")
             if video_codec:
                 tr.setCodecPreferences(
-                    [
-                        c
-                        for c in RTCRtpReceiver.getCapabilities("video").codecs
-                        if c.mimeType.lower() == video_codec
-                    ]
+                    [c for c in RTCRtpReceiver.getCapabilities("video").codecs if c.mimeType.lower() == video_codec]
                 )
         if audio:
             pc.addTransceiver("audio", direction="recvonly")
@@ -55,9 +51,7 @@ async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
 
 
 async def test_unknown_room_404_says_how_to_create_rooms(client: TestClient[Any, Any]) -> None:
-    resp = await client.post(
-        "/whep/nope", data=await make_offer(), headers={"Content-Type": "application/sdp"}
-    )
+    resp = await client.post("/whep/nope", data=await make_offer(), headers={"Content-Type": "application/sdp"})
     assert resp.status == 404
     body = await resp.text()
     assert "'nope'" in body and "apac, closed, test" in body and "--room" in body and "scenario" in body
@@ -81,9 +75,7 @@ async def test_wrong_content_type_415(client: TestClient[Any, Any]) -> None:
         ),
     ],
 )
-async def test_malformed_offer_400_names_the_problem(
-    client: TestClient[Any, Any], sdp: str, words: str
-) -> None:
+async def test_malformed_offer_400_names_the_problem(client: TestClient[Any, Any], sdp: str, words: str) -> None:
     resp = await client.post("/whep/test", data=sdp, headers={"Content-Type": "application/sdp"})
     assert resp.status == 400
     assert words in await resp.text()
