@@ -14,7 +14,7 @@ from aiohttp import web
 from collector.auth import require_role
 from collector.body import parse_items, read_limited
 from collector.errors import ApiError, field_of
-from collector.events import event_row
+from collector.event_columns import BatchError, event_columns
 from collector.reports import REPORT_COLUMNS, report_row
 from collector.state import CONFIG, METRICS, REQ_ITEMS, REQ_TOKEN, TOKENS, WRITER
 from collector.store import WriteJob
@@ -49,14 +49,11 @@ def _reject(request: web.Request, endpoint: str, n: int, i: int, e: ValueError) 
 async def post_events(request: web.Request) -> web.Response:
     """Store a batch of viewer events (JSON array, one object, or NDJSON)."""
     items, _ = await _items(request, "events", "platform")
-    rows: list[tuple[Any, ...]] = []
-    append = rows.append
     try:
-        for item in items:
-            append(event_row(item))
-    except ValueError as e:
-        raise _reject(request, "events", len(items), len(rows), e) from None
-    return await _commit(request, "events", WriteJob("events", rows))
+        columns = event_columns(items)
+    except BatchError as e:
+        raise _reject(request, "events", len(items), e.index, e) from None
+    return await _commit(request, "events", WriteJob("events", events=columns))
 
 
 async def post_reports(request: web.Request) -> web.Response:
@@ -103,6 +100,6 @@ async def _commit(request: web.Request, endpoint: str, job: WriteJob) -> web.Res
                              new=row[0] in res.new_ids and row[0] not in counted)  # fmt: skip
             counted.add(row[0])
     return web.json_response(
-        {"accepted": len(job.rows), "new": res.new, "duplicate": res.duplicate},
+        {"accepted": job.size, "new": res.new, "duplicate": res.duplicate},
         status=200,
     )

@@ -63,11 +63,11 @@ class GroupCommitWriter:
         while True:
             first = await self._queue.get()
             group = [first]
-            rows = len(first[0].rows)
+            rows = first[0].size
             while rows < self._max_rows and not self._queue.empty():
                 item = self._queue.get_nowait()
                 group.append(item)
-                rows += len(item[0].rows)
+                rows += item[0].size
             jobs = [j for j, _ in group]
             t0 = self._clock()
             try:

@@ -60,7 +60,10 @@ def _template(batch: int) -> tuple[bytes, bytes]:
     return tuple(x.encode() for x in body.split("@@", 1))  # type: ignore[return-value]
 
 
-def _load(port: int, seconds: float, connections: int, batch: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _load(port: int, seconds: float, connections: int, batch: int, rate: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Closed loop (``rate`` 0): each connection posts its next batch when the previous one is acked.
+    Open loop (``rate`` events/s): batches start on a fixed schedule whatever the replies, and latency is
+    measured from the scheduled start (no coordinated omission)."""
     import aiohttp
 
     async def main() -> None:
@@ -70,34 +73,61 @@ def _load(port: int, seconds: float, connections: int, batch: int, out: mp.Queue
         latencies: list[float] = []
         acked = 0
         errors = 0
-        deadline = time.monotonic() + seconds
         url = f"http://127.0.0.1:{port}/v1/events"
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        conn = aiohttp.TCPConnector(limit=connections)
+        conn = aiohttp.TCPConnector(limit=0 if rate else connections)
+        cpu0 = time.process_time()
         async with aiohttp.ClientSession(connector=conn) as s:
 
-            async def worker(w: int) -> None:
+            async def post(body: bytes, t0: float) -> None:
                 nonlocal acked, errors
+                async with s.post(url, data=body, headers=headers) as r:
+                    reply = await r.json()
+                if r.status == 200:
+                    acked += reply["new"]
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+            async def worker(w: int) -> None:
                 n = 0
                 while time.monotonic() < deadline:
                     body = text.replace(b"@@", f"w{w}b{n}".encode())
                     n += 1
-                    t0 = time.perf_counter()
-                    async with s.post(url, data=body, headers=headers) as r:
-                        reply = await r.json()
-                    dt = time.perf_counter() - t0
-                    if r.status == 200:
-                        acked += reply["new"]
-                        latencies.append(dt)
-                    else:
-                        errors += 1
+                    await post(body, time.perf_counter())
+
+            async def scheduled() -> None:
+                interval = batch / rate
+                tasks = []
+                n = 0
+                start = time.perf_counter()
+                while time.monotonic() < deadline:
+                    due = start + n * interval
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    body = text.replace(b"@@", f"r{n}".encode())
+                    tasks.append(asyncio.ensure_future(post(body, due)))
+                    n += 1
+                await asyncio.gather(*tasks)
 
             t_start = time.monotonic()
-            await asyncio.gather(*(worker(w) for w in range(connections)))
+            deadline = t_start + seconds
+            if rate:
+                await scheduled()
+            else:
+                await asyncio.gather(*(worker(w) for w in range(connections)))
             elapsed = time.monotonic() - t_start
-        out.put({"acked": acked, "errors": errors, "elapsed": elapsed, "latencies": latencies})
+        out.put({"acked": acked, "errors": errors, "elapsed": elapsed, "latencies": latencies,
+                 "client_cpu": time.process_time() - cpu0})  # fmt: skip
 
     asyncio.run(main())
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -110,6 +140,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=0, help="open loop: offered events/s (0 = closed loop)")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
@@ -136,9 +167,13 @@ def main() -> int:
             except OSError:
                 time.sleep(0.05)
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        p = mp.Process(target=_load, args=(port, args.seconds, args.connections, args.batch, q))
+        p = mp.Process(target=_load, args=(port, args.seconds, args.connections, args.batch, args.rate, q))
+        load0 = os.getloadavg()[0]
+        cpu0 = _proc_cpu_s(proc.pid)
         p.start()
         res = q.get()
+        cpu1 = _proc_cpu_s(proc.pid)
+        load1 = os.getloadavg()[0]
         p.join()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {READER}"})
         metrics = urllib.request.urlopen(req).read().decode()
@@ -157,15 +192,20 @@ def main() -> int:
     n_commits = float(commits[0].split()[-1]) if commits else 0
     mean_group = float(rows_sum[0].split()[-1]) / n_commits if n_commits else 0
     lat = res["latencies"]
+    cpu = cpu1 - cpu0
+    k = res["acked"] / 1000 or float("nan")
+    load = f"closed, {args.connections} conn" if not args.rate else f"open, {args.rate:,.0f} ev/s offered"
     print(
-        "| batch | connections | seconds | events/s acked | ack p50 ms | ack p99 ms | errors "
-        "| rows in DB | rows == acked | mean rows/commit |"
+        "| load | seconds | events/s acked | ack p50 ms | ack p99 ms | collector CPU ms / 1,000 ev "
+        "| collector cores busy | client CPU ms / 1,000 ev | loadavg 1 min (start → end) | errors "
+        "| rows == acked | mean rows/commit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {args.batch} | {args.connections} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
-        f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {res['errors']} "
-        f"| {rows:,} | {rows == res['acked']} | {mean_group:,.0f} |"
+        f"| {load} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
+        f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {cpu * 1000 / k:.1f} "
+        f"| {cpu / res['elapsed']:.2f} | {res['client_cpu'] * 1000 / k:.1f} | {load0:.1f} → {load1:.1f} "
+        f"| {res['errors']} | {rows == res['acked']} ({rows:,}) | {mean_group:,.0f} |"
     )
     if not args.keep:
         import shutil

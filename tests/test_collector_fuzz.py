@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from collector.app import create_app
 from collector.events import event_from_dict, event_row
-from tests.collector_helpers import PLATFORM, PROBE_ANY, auth, config, event, free_port, report
+from tests.collector_helpers import PLATFORM, PROBE_ANY, T0_MS, auth, config, event, free_port, report, utc
 
 json_scalars = (
     st.none()
@@ -160,3 +160,85 @@ def test_event_row_matches_event_from_dict(e: Any) -> None:
         assert got == expected
     else:
         assert got == tuple(getattr(expected, f) for f in expected.__dataclass_fields__)
+
+
+@st.composite
+def plausible_events(draw: Any) -> Any:
+    """Valid-looking events with the variations the column fast path must treat exactly like event_row."""
+    e = event(draw(st.integers(0, 100)))
+    ms = draw(st.integers(1_500_000_000_000, 4_200_000_000_000))
+    form = draw(st.sampled_from(["ms", "s", "us", "offset", "t_ms", "both"]))
+    iso = utc(ms)
+    if form == "s":
+        e["t"] = iso[:19] + "Z"
+    elif form == "us":
+        e["t"] = iso[:23] + "123Z"
+    elif form == "offset":
+        e["t"] = iso[:23] + "+00:00"
+    elif form in ("t_ms", "both"):
+        e["t_ms"] = ms
+        if form == "t_ms":
+            del e["t"]
+    else:
+        e["t"] = iso
+    for name in ("region", "isp", "cdn", "device", "app_version"):
+        if draw(st.booleans()):
+            e[name] = draw(st.none() | st.text(min_size=0, max_size=66))
+    for name in ("startup_ms", "stall_count", "stall_ms", "watch_ms", "height", "bitrate_kbps"):
+        if draw(st.booleans()):
+            e[name] = draw(
+                st.none()
+                | st.integers(-5, 2_000_000)
+                | st.floats(allow_nan=True, allow_infinity=True)
+                | st.sampled_from([0, 1, 720, 16_384, 16_385, 100_000, 86_400_000, 1e6, True, 2**70])
+            )
+    return e
+
+
+@settings(max_examples=400, deadline=None)
+@given(batch=st.lists(plausible_events() | mutated_events(), min_size=1, max_size=6))
+def test_event_columns_matches_event_row(batch: list[Any]) -> None:
+    """The column fast path accepts a batch iff event_row accepts every item, with the same values."""
+    import numpy as np
+
+    from collector.event_columns import BatchError, event_columns, rows_to_columns
+
+    try:
+        expected: Any = rows_to_columns([event_row(e) for e in batch]).columns
+    except ValueError:
+        expected = None
+    try:
+        got: Any = event_columns(batch).columns
+    except BatchError as err:
+        got = None
+        first_bad = next(i for i, e in enumerate(batch) if _refused(e))
+        assert err.index == first_bad
+        with pytest.raises(ValueError) as info:
+            event_row(batch[first_bad])
+        assert str(err) == str(info.value)
+    assert (got is None) == (expected is None)
+    if got is not None:
+        assert got.keys() == expected.keys()
+        for k in got:
+            assert got[k].dtype == expected[k].dtype, k
+            if got[k].dtype == object:
+                assert list(got[k]) == list(expected[k]), k
+            else:
+                assert np.array_equal(got[k], expected[k], equal_nan=got[k].dtype.kind == "f"), k
+
+
+def _refused(e: Any) -> bool:
+    try:
+        event_row(e)
+    except ValueError:
+        return True
+    return False
+
+
+def test_event_columns_fast_path_taken_for_typical_batches() -> None:
+    """The fast path (not the per-item fallback) handles ordinary batches: RFC 3339 ``t`` and ``t_ms``."""
+    from collector.event_columns import _fast
+
+    assert _fast([event(i, type="qoe", stall_ms=1.5, height=720) for i in range(50)]) is not None
+    with_t_ms = [{**{k: v for k, v in event(i).items() if k != "t"}, "t_ms": T0_MS + i} for i in range(50)]
+    assert _fast(with_t_ms) is not None

@@ -1,0 +1,52 @@
+"""The store's event path directly: optimistic insert, fallback on a resent event, NULLs, mixed groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collector.event_columns import event_columns
+from collector.store import InsertResult, Store, WriteJob
+from tests.collector_helpers import event, report
+
+
+def _job(items: list[dict[str, object]]) -> WriteJob:
+    return WriteJob("events", events=event_columns(items))
+
+
+def test_group_with_resent_and_repeated_events(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.duckdb"), wall_ms=lambda: 42)
+    a = [event(i) for i in range(5)]
+    assert store.write_group([_job(a)]) == [InsertResult(new=5, duplicate=0)]
+    b = [event(10 + i) for i in range(3)]
+    # job 1 resends two stored events; job 2 repeats one of job 1's new events and one of its own
+    res = store.write_group([_job([a[0], *b, a[1]]), _job([b[0], event(20), b[2]]), _job([event(30)])])
+    assert res == [InsertResult(new=3, duplicate=2), InsertResult(new=1, duplicate=2), InsertResult(new=1, duplicate=0)]
+    assert store.count("viewer_events") == 10
+    store.close()
+
+
+def test_absent_fields_are_null_and_integers_exact(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.duckdb"), wall_ms=lambda: 42)
+    items = [event(0), event(1, type="qoe", stall_count=3, height=720, stall_ms=12.5, watch_ms=0)]
+    store.write_group([_job(items)])
+    rows = store.query("SELECT * FROM viewer_events ORDER BY type")
+    hb, qoe = rows
+    assert hb["type"] == "heartbeat" and hb["stall_count"] is None and hb["stall_ms"] is None
+    assert hb["height"] is None and hb["received_ms"] == 42
+    assert (qoe["stall_count"], qoe["height"], qoe["stall_ms"], qoe["watch_ms"]) == (3, 720, 12.5, 0.0)
+    store.close()
+
+
+def test_events_and_reports_in_one_group_with_a_resent_event(tmp_path: Path) -> None:
+    """The optimistic insert fails on the resent event; the redo still stores the group's report once."""
+    store = Store(str(tmp_path / "s.duckdb"))
+    e = event(0)
+    store.write_group([_job([e])])
+    from collector.reports import report_row
+    from probe.report import Report
+
+    r = report_row(Report.from_json_obj(report("eu-west")))
+    res = store.write_group([WriteJob("reports", [r]), _job([e, event(1)])])
+    assert res[0].new == 1 and res[1] == InsertResult(new=1, duplicate=1)
+    assert store.count("probe_reports") == 1 and store.count("viewer_events") == 2
+    store.close()
