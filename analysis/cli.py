@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 import structlog
 
-from analysis.load import LoadError, from_duckdb, from_ndjson
+from analysis.aggregates import Aggregates
+from analysis.events_table import EventTable
+from analysis.load import LoadError, from_ndjson
 from analysis.pipeline import AnalysisError, run_analysis
 from analysis.report_html import write_report
+from analysis.sql_aggregate import aggregate_duckdb, default_window
 
 log = structlog.get_logger()
 
@@ -70,20 +73,28 @@ def run(args: argparse.Namespace) -> int:
                 "reading from the collector's API is not implemented yet; export the events "
                 "(--events FILE.ndjson) or point --db at the collector's DuckDB file"
             )
-        progress("loading events")
+        source: EventTable | Aggregates
         if args.db:
-            lo = args.from_ms if args.from_ms is not None else 0
-            hi = args.to_ms if args.to_ms is not None else 2**62
-            table = from_duckdb(args.db, lo, hi)
+            # the sums the analysis needs are computed inside DuckDB; events never become Python rows
+            window = default_window(args.db)
+            if window is None:
+                raise AnalysisError("no viewer events in the source")
+            from_ms = args.from_ms if args.from_ms is not None else window[0]
+            to_ms = args.to_ms if args.to_ms is not None else window[1]
+            progress("aggregating viewer events in DuckDB")
+            source = aggregate_duckdb(args.db, from_ms, to_ms)
+            progress(f"{source.n_events} events in the window; analysing")
         else:
+            progress("loading events")
             table = from_ndjson(args.events)
-        if table.n == 0:
-            raise AnalysisError("no viewer events in the source for that window")
-        from_ms = args.from_ms if args.from_ms is not None else int(table.t_ms.min())
-        to_ms = args.to_ms if args.to_ms is not None else _default_end(table.t_ms, from_ms)
-        progress(f"{table.n} events loaded; analysing")
+            if table.n == 0:
+                raise AnalysisError("no viewer events in the source for that window")
+            from_ms = args.from_ms if args.from_ms is not None else int(table.t_ms.min())
+            to_ms = args.to_ms if args.to_ms is not None else _default_end(table.t_ms, from_ms)
+            progress(f"{table.n} events loaded; analysing")
+            source = table
         result = run_analysis(
-            table, from_ms, to_ms, baseline_minutes=args.baseline_minutes, seed=args.seed, progress=progress
+            source, from_ms, to_ms, baseline_minutes=args.baseline_minutes, seed=args.seed, progress=progress
         )
         write_report(result, args.out)
         if args.write_incidents and args.db:

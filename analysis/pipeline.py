@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from analysis.aggregates import Aggregates, from_events
 from analysis.detect import SLOW_START, STALL, Flagged, flag_minutes, leaf_baseline
 from analysis.events_table import EventTable
 from analysis.impact import Impact, estimate
 from analysis.localize import Scanner, localize
-from analysis.series import MINUTE_MS, build_grid, sessions_of, slice_series, startup_quantiles
+from analysis.series import MINUTE_MS, slice_series
 from analysis.winback import ReturnRates, WinbackRow, winback
 
 
@@ -90,7 +91,7 @@ def _minutes_mask(n: int, idx: NDArray[np.int64]) -> NDArray[np.bool_]:
 
 
 def run_analysis(
-    table: EventTable,
+    source: EventTable | Aggregates,
     from_ms: int,
     to_ms: int,
     *,
@@ -101,18 +102,21 @@ def run_analysis(
 ) -> AnalysisResult:
     """Analyse the events in [from_ms, to_ms); the first ``baseline_minutes`` are the baseline.
 
-    Events after ``to_ms`` (if loaded) are used only to measure whether affected viewers came back.
-    Raises :class:`AnalysisError` for an empty window or too little baseline.
+    ``source``: raw events (aggregated here) or :class:`Aggregates` already built for this window (e.g.
+    by DuckDB). Events after ``to_ms`` (if loaded) are used only to measure whether affected viewers
+    came back. Raises :class:`AnalysisError` for an empty window or too little baseline.
     """
     say = progress or (lambda _msg: None)
     if to_ms <= from_ms:
         raise AnalysisError("--to must be after --from")
-    in_win = (table.t_ms >= from_ms) & (table.t_ms < to_ms)
-    if not in_win.any():
+    if isinstance(source, EventTable):
+        say(f"sessions from {source.n} events")
+        agg = from_events(source, from_ms, to_ms)
+    else:
+        agg = source
+    if agg.n_events == 0:
         raise AnalysisError("no viewer events in the window (check --from/--to and the source)")
-    say(f"sessions from {table.n} events")
-    sessions = sessions_of(table)
-    grid = build_grid(table, sessions, from_ms, to_ms)
+    sessions, grid = agg.sessions, agg.grid
     n_m = grid.n_minutes
     base = np.arange(min(baseline_minutes, n_m), dtype=np.int64)
     play_base = grid.play_ms[:, base].sum(axis=0)
@@ -146,7 +150,7 @@ def run_analysis(
     rng = np.random.default_rng(seed)
     incidents: list[Incident] = []
     rows: list[WinbackRow] = []
-    data_end = int(table.t_ms.max())
+    data_end = agg.data_end_ms
     for k, group in enumerate(merged):
         lead = max(group, key=lambda f: f.peak_gain)
         # a beacon's stall_ms covers the interval since the previous beacon (≤ 1 minute), so the
@@ -213,8 +217,7 @@ def run_analysis(
             start_ms,
             end_ms,
             inc_id,
-            table.viewer_ids,
-            table.session_ids,
+            agg.resolve_ids,
             data_end,
         )
         rows.extend(wb)
@@ -236,9 +239,8 @@ def run_analysis(
     series: dict[str, dict[str, list[float | None]]] = {}
     allmask = np.ones(grid.leaves.shape[0], dtype=bool)
     series["all"] = slice_series(grid, allmask)
-    p50, p95 = startup_quantiles(table, grid.t0_ms, n_m)
-    series["all"]["startup_p50_ms"] = p50
-    series["all"]["startup_p95_ms"] = p95
+    series["all"]["startup_p50_ms"] = agg.startup_p50_ms
+    series["all"]["startup_p95_ms"] = agg.startup_p95_ms
     for j in varying:
         for v in np.unique(grid.leaves[:, j]):
             series[f"{grid.dim_names[j]}={grid.vocab[j][v]}"] = slice_series(grid, grid.leaves[:, j] == v)

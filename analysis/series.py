@@ -30,6 +30,7 @@ class Sessions:
     leaf: NDArray[np.int64]
     """Leaf code (row of ``Grid.leaves``); -1 for sessions outside the window."""
     startup_ms: NDArray[np.float64]
+    """Largest startup_ms of the session's joins; NaN without one."""
     stall_ms: NDArray[np.float64]
     """Σ stall_ms of the session's beacons."""
     play_ms: NDArray[np.float64]
@@ -81,9 +82,11 @@ def sessions_of(table: EventTable) -> Sessions:
     left = np.bincount(s, weights=(table.etype == LEAVE), minlength=n) > 0
     viewer = np.full(n, -1, dtype=np.int64)
     viewer[s] = table.viewer
-    startup = np.full(n, np.nan)
+    # the worst startup of the session's joins (a reconnect joins again)
+    startup = np.full(n, -np.inf)
     j = (table.etype == JOIN) & ~np.isnan(table.startup_ms)
-    startup[s[j]] = table.startup_ms[j]
+    np.maximum.at(startup, s[j], table.startup_ms[j])
+    startup[np.isneginf(startup)] = np.nan
     q = table.etype == QOE
     st = np.nan_to_num(table.stall_ms)
     wa = np.nan_to_num(table.watch_ms)
@@ -92,33 +95,64 @@ def sessions_of(table: EventTable) -> Sessions:
     return Sessions(start, end, left, viewer, np.full(n, -1, dtype=np.int64), startup, stall, play)
 
 
+def assign_leaves(sess_dims: NDArray[np.int64], sessions: Sessions, from_ms: int, to_ms: int) -> NDArray[np.int64]:
+    """Leaves (unique dimension combinations, sorted by code) of the sessions active in [from_ms, to_ms);
+    fills ``sessions.leaf`` (-1 for sessions outside). ``sess_dims``: (n_sessions, n_dims) codes."""
+    s_in = (sessions.start_ms >= 0) & (sessions.start_ms < to_ms) & (sessions.end_ms >= from_ms)
+    if not s_in.any():
+        return np.zeros((0, sess_dims.shape[1]), dtype=np.int64)
+    sd = sess_dims[s_in].astype(np.int64)
+    radix = sd.max(axis=0) + 1
+    key = np.zeros(sd.shape[0], dtype=np.int64)
+    for j in range(sd.shape[1]):
+        key = key * int(radix[j]) + sd[:, j]
+    ukey, inv = np.unique(key, return_inverse=True)
+    leaves = np.empty((ukey.size, sd.shape[1]), dtype=np.int64)
+    rem = ukey.copy()
+    for j in range(sd.shape[1] - 1, -1, -1):
+        leaves[:, j] = rem % int(radix[j])
+        rem //= int(radix[j])
+    sessions.leaf[s_in] = inv.ravel()
+    return leaves
+
+
+def window_minutes(from_ms: int, to_ms: int) -> tuple[int, int]:
+    """(start of minute 0 in ms, number of minutes) of the window [from_ms, to_ms)."""
+    t0 = from_ms - from_ms % MINUTE_MS
+    return t0, max(1, -(-(to_ms - t0) // MINUTE_MS))
+
+
+def session_grids(
+    sessions: Sessions, n_leaves: int, t0: int, m_n: int, to_ms: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(at-risk, leaves) leaf × minute grids from the sessions with a leaf: a session is at risk from its
+    start minute to its end minute (inclusive, clipped to the window) and leaves in its end minute when it
+    ended with a ``leave`` before ``to_ms``."""
+    sl = sessions.leaf
+    si = np.flatnonzero(sl >= 0)
+    a = np.clip((sessions.start_ms[si] - t0) // MINUTE_MS, 0, m_n - 1)
+    b = np.clip((sessions.end_ms[si] - t0) // MINUTE_MS, 0, m_n - 1)
+    width = m_n + 1
+    diff = np.bincount(sl[si] * width + a, minlength=n_leaves * width).astype(np.float64)
+    diff -= np.bincount(sl[si] * width + b + 1, minlength=n_leaves * width)
+    at_risk = np.cumsum(diff.reshape(n_leaves, width), axis=1)[:, :m_n]
+    lv = si[sessions.left[si] & (sessions.end_ms[si] < to_ms)]
+    key_l = sl[lv] * m_n + (sessions.end_ms[lv] - t0) // MINUTE_MS
+    size = n_leaves * m_n
+    leaves_n = np.bincount(key_l, minlength=size).reshape(n_leaves, m_n) if size else np.zeros((0, m_n))
+    return np.asarray(at_risk, dtype=np.float64), np.asarray(leaves_n, dtype=np.float64)
+
+
 def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) -> Grid:
     """Leaf × minute sums of the events in [from_ms, to_ms); fills ``sessions.leaf``."""
-    t0 = from_ms - from_ms % MINUTE_MS
-    m_n = max(1, -(-(to_ms - t0) // MINUTE_MS))
+    t0, m_n = window_minutes(from_ms, to_ms)
     in_win = (table.t_ms >= from_ms) & (table.t_ms < to_ms)
     # a session's dimensions are those of its first event
     n_s = sessions.start_ms.size
     first = np.full(n_s, -1, dtype=np.int64)
     order = np.argsort(table.t_ms, kind="stable")[::-1]
     first[table.session[order]] = order  # the last write wins: the earliest event
-    sess_dims = table.dims[np.maximum(first, 0)]
-    s_in = (sessions.start_ms >= 0) & (sessions.start_ms < to_ms) & (sessions.end_ms >= from_ms)
-    if not s_in.any():
-        leaves = np.zeros((0, table.dims.shape[1]), dtype=np.int64)
-    else:
-        sd = sess_dims[s_in].astype(np.int64)
-        radix = sd.max(axis=0) + 1
-        key = np.zeros(sd.shape[0], dtype=np.int64)
-        for j in range(sd.shape[1]):
-            key = key * int(radix[j]) + sd[:, j]
-        ukey, inv = np.unique(key, return_inverse=True)
-        leaves = np.empty((ukey.size, sd.shape[1]), dtype=np.int64)
-        rem = ukey.copy()
-        for j in range(sd.shape[1] - 1, -1, -1):
-            leaves[:, j] = rem % int(radix[j])
-            rem //= int(radix[j])
-        sessions.leaf[s_in] = inv.ravel()
+    leaves = assign_leaves(table.dims[np.maximum(first, 0)].astype(np.int64), sessions, from_ms, to_ms)
     n_l = leaves.shape[0]
     size = n_l * m_n
 
@@ -137,17 +171,7 @@ def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) 
     j = ok & (table.etype == JOIN)
     key_j = ev_leaf[j] * m_n + ev_min[j]
     slow = np.nan_to_num(table.startup_ms[j]) > 2000.0
-    # at-risk: active from the start minute to the end minute (inclusive), clipped to the window
-    sl = sessions.leaf
-    si = np.flatnonzero(s_in)
-    a = np.clip((sessions.start_ms[si] - t0) // MINUTE_MS, 0, m_n - 1)
-    b = np.clip((sessions.end_ms[si] - t0) // MINUTE_MS, 0, m_n - 1)
-    diff = np.zeros(n_l * (m_n + 1))
-    np.add.at(diff, sl[si] * (m_n + 1) + a, 1.0)
-    np.add.at(diff, sl[si] * (m_n + 1) + b + 1, -1.0)
-    at_risk = np.cumsum(diff.reshape(n_l, m_n + 1), axis=1)[:, :m_n]
-    lv = si[sessions.left[si] & (sessions.end_ms[si] < to_ms)]
-    key_l = sl[lv] * m_n + (sessions.end_ms[lv] - t0) // MINUTE_MS
+    at_risk, leaves_n = session_grids(sessions, n_l, t0, m_n, to_ms)
     return Grid(
         t0,
         leaves,
@@ -157,7 +181,7 @@ def build_grid(table: EventTable, sessions: Sessions, from_ms: int, to_ms: int) 
         grid(key_q, pl),
         grid(key_j),
         grid(key_j, slow.astype(float)),
-        grid(key_l),
+        leaves_n,
         at_risk,
         grid(key_q, low),
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from analysis.aggregates import IdResolver
 from analysis.series import Sessions
 
 WINDOW_MS = 7 * 86_400_000
@@ -48,9 +49,12 @@ def returned_within(sessions: Sessions, idx: NDArray[np.int64], data_end_ms: int
     t_sorted = sessions.start_ms[ok][order]
     end = sessions.end_ms[idx]
     v = sessions.viewer[idx]
-    # the first session of the same viewer starting after this one's end
-    key_v = v_sorted.astype(np.float64) * 1e13 + t_sorted.astype(np.float64)
-    pos = np.searchsorted(key_v, v.astype(np.float64) * 1e13 + end.astype(np.float64), side="right")
+    # the first session of the same viewer starting after this one's end; one int64 key per
+    # (viewer, time), exact (a float key loses milliseconds once viewer codes pass a few hundred)
+    t_lo = int(min(t_sorted.min(), end.min())) if t_sorted.size and end.size else 0
+    span = int(max(t_sorted.max(), end.max())) - t_lo + 1 if t_sorted.size and end.size else 1
+    key_v = v_sorted * span + (t_sorted - t_lo)
+    pos = np.searchsorted(key_v, v * span + (end - t_lo), side="right")
     nxt_ok = pos < v_sorted.size
     pos_c = np.minimum(pos, max(v_sorted.size - 1, 0))
     same = nxt_ok & (v_sorted[pos_c] == v) if v_sorted.size else np.zeros(idx.size, bool)
@@ -66,8 +70,7 @@ def winback(
     start_ms: int,
     end_ms: int,
     incident_id: str,
-    viewer_ids: list[str],
-    session_ids: list[str],
+    resolve_ids: IdResolver,
     data_end_ms: int,
     *,
     bad_stall_ratio: float = 0.05,
@@ -87,10 +90,11 @@ def winback(
     una = np.flatnonzero(ended & ~in_s)
     r_aff = returned_within(sessions, aff, data_end_ms)
     r_una = returned_within(sessions, una, data_end_ms)
+    viewer_ids, session_ids = resolve_ids(aff)
     rows = [
         WinbackRow(
-            viewer_ids[int(sessions.viewer[i])],
-            session_ids[int(i)],
+            vid,
+            sid,
             incident_id,
             int(sessions.end_ms[i]),
             int(sessions.end_ms[i]) + WINDOW_MS,
@@ -98,8 +102,10 @@ def winback(
             None if np.isnan(sessions.startup_ms[i]) else float(sessions.startup_ms[i]),
             None if np.isnan(r) else bool(r),
         )
-        for i, r in zip(aff, r_aff, strict=True)
+        for i, r, vid, sid in zip(aff, r_aff, viewer_ids, session_ids, strict=True)
     ]
+    # session codes depend on the loader; the list's order must not
+    rows.sort(key=lambda w: (w.left_ms, w.viewer_id, w.session_id))
 
     def rate(r: NDArray[np.float64]) -> float | None:
         k = r[~np.isnan(r)]

@@ -2,6 +2,7 @@
 """Analysis speed on a large generated audience, and accuracy over many seeds.
 
     scripts/bench_analysis.py --sessions 1000000 [--db /tmp/bench.duckdb]   # speed
+    scripts/bench_analysis.py --db /tmp/bench.duckdb --reuse-db [--compare]  # speed, existing file
     scripts/bench_analysis.py --seeds 50                                    # accuracy over seeds
 
 Generation (and writing the DuckDB file) is timed separately and excluded from the analysis time.
@@ -10,7 +11,11 @@ Generation (and writing the DuckDB file) is timed separately and excluded from t
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,38 +25,78 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.audience import AudienceConfig, IncidentSpec, generate
 from analysis.pipeline import run_analysis
+from analysis.report_html import write_report
 
 T0 = 1_790_000_040_000 - 1_790_000_040_000 % 60_000
 
 
-def speed(n_sessions: int, minutes: int, db: Path | None) -> None:
-    rate = n_sessions / minutes
-    inc = IncidentSpec({"cdn": "cdn-b", "region": "eu"}, T0 + 150 * 60_000, T0 + 170 * 60_000)
-    t = time.perf_counter()
-    table, truth = generate(AudienceConfig(start_ms=T0, minutes=minutes, seed=1, arrivals_per_min=rate,
-                                           mean_watch_min=8.0, heartbeats=False, incident=inc))
-    gen = time.perf_counter() - t
-    print(f"generated {truth.n_sessions} sessions, {table.n} events in {gen:.1f} s (excluded)")
-    t = time.perf_counter()
-    res = run_analysis(table, T0, T0 + minutes * 60_000)
-    ana = time.perf_counter() - t
-    print(f"analysis (in-memory columns): {ana:.2f} s; incidents: {[i.summary for i in res.incidents]}; "
-          f"truth lost {truth.viewers_lost}")
-    if db is not None:
-        from analysis.export import write_duckdb
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t: tuple[float, float]) -> str:
+    """Wall and CPU seconds (CPU = all threads of this process, DuckDB's included)."""
+    return f"{time.perf_counter() - t[0]:.2f} s (CPU {time.process_time() - t[1]:.2f} s)"
+
+
+def _differences(x: object, y: object) -> int:
+    """Leaves of two JSON trees that differ (floats compared to 1e-9 relative: sums in another order)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        return sum(_differences(x[k], y.get(k)) for k in x) + len(set(y) - set(x))
+    if isinstance(x, list) and isinstance(y, list):
+        return sum(_differences(u, v) for u, v in zip(x, y, strict=False)) + abs(len(x) - len(y))
+    if isinstance(x, float) and isinstance(y, float):
+        return 0 if math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(x) and math.isnan(y)) else 1
+    return int(x != y)
+
+
+def speed(n_sessions: int, minutes: int, db: Path | None, reuse: bool, compare: bool) -> None:
+    lo, hi = T0, T0 + minutes * 60_000
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    if not (reuse and db is not None and db.is_file()):
+        rate = n_sessions / minutes
+        inc = IncidentSpec({"cdn": "cdn-b", "region": "eu"}, T0 + 150 * 60_000, T0 + 170 * 60_000)
+        t = _clock()
+        table, truth = generate(AudienceConfig(start_ms=T0, minutes=minutes, seed=1, arrivals_per_min=rate,
+                                               mean_watch_min=8.0, heartbeats=False, incident=inc))
+        print(f"generated {truth.n_sessions} sessions, {table.n} events in {_since(t)} (excluded)")
+        t = _clock()
+        res = run_analysis(table, lo, hi)
+        print(f"analysis (in-memory columns): {_since(t)}; incidents: {[i.summary for i in res.incidents]}; "
+              f"truth lost {truth.viewers_lost}")
+        if db is not None:
+            from analysis.export import write_duckdb
+
+            db.unlink(missing_ok=True)
+            t = _clock()
+            write_duckdb(table, db)
+            print(f"wrote DuckDB file in {_since(t)} (excluded)")
+    if db is None:
+        return
+    from analysis.sql_aggregate import aggregate_duckdb
+
+    t = _clock()
+    agg = aggregate_duckdb(db, lo, hi)
+    t_agg = _since(t)
+    t2 = _clock()
+    res = run_analysis(agg, lo, hi)
+    print(f"from the DuckDB file ({agg.n_events} events, {int((agg.sessions.leaf >= 0).sum())} sessions in the "
+          f"window): aggregate in DuckDB {t_agg} + analysis {_since(t2)} = {_since(t)} total")
+    print(f"incidents: {[i.summary for i in res.incidents]}")
+    t = _clock()
+    with tempfile.TemporaryDirectory() as d:
+        write_report(res, Path(d))
+    print(f"report files: {_since(t)} (excluded)")
+    if compare:
         from analysis.load import from_duckdb
 
-        db.unlink(missing_ok=True)
-        t = time.perf_counter()
-        write_duckdb(table, db)
-        print(f"wrote DuckDB file in {time.perf_counter() - t:.1f} s (excluded)")
-        t = time.perf_counter()
-        loaded = from_duckdb(db, T0, T0 + minutes * 60_000)
-        load = time.perf_counter() - t
-        t = time.perf_counter()
-        run_analysis(loaded, T0, T0 + minutes * 60_000)
-        ana2 = time.perf_counter() - t
-        print(f"from DuckDB: load {load:.2f} s + analysis {ana2:.2f} s = {load + ana2:.2f} s")
+        t = _clock()
+        old = run_analysis(from_duckdb(db, lo, hi), lo, hi)
+        diffs = _differences(json.loads(json.dumps(old.to_json(), default=str)),
+                             json.loads(json.dumps(res.to_json(), default=str)))
+        print(f"event-loading path (from_duckdb + run_analysis): {_since(t)}; report.json values that differ "
+              f"(beyond 1e-9 relative): {diffs}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def accuracy(seeds: int) -> None:
@@ -78,10 +123,12 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=0)
     ap.add_argument("--minutes", type=int, default=240)
     ap.add_argument("--db", type=Path)
+    ap.add_argument("--reuse-db", action="store_true", help="analyse an existing --db file, do not regenerate")
+    ap.add_argument("--compare", action="store_true", help="also run the event-loading path and compare")
     ap.add_argument("--seeds", type=int, default=0)
     a = ap.parse_args()
-    if a.sessions:
-        speed(a.sessions, a.minutes, a.db)
+    if a.sessions or a.reuse_db:
+        speed(a.sessions, a.minutes, a.db, a.reuse_db, a.compare)
     if a.seeds:
         accuracy(a.seeds)
     return 0

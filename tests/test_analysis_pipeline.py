@@ -15,6 +15,7 @@ from analysis.export import write_duckdb, write_ndjson
 from analysis.load import from_duckdb, from_ndjson
 from analysis.localize import Slice, localize
 from analysis.pipeline import AnalysisError, run_analysis
+from analysis.sql_aggregate import aggregate_duckdb, default_window
 
 T0 = 1_790_000_040_000 - 1_790_000_040_000 % 60_000
 
@@ -93,3 +94,34 @@ def test_too_little_baseline_and_empty_window() -> None:
         run_analysis(table, T0, T0 + 20 * 60_000)
     with pytest.raises(AnalysisError, match="no viewer events"):
         run_analysis(table, T0 - 10 * 86_400_000, T0 - 9 * 86_400_000)
+
+
+def test_duckdb_aggregates_give_the_same_analysis_as_events(tmp_path: Path) -> None:
+    """The CLI's path (sums computed in DuckDB) and the in-memory path agree on every reported number."""
+    table, _ = generate(
+        AudienceConfig(start_ms=T0, minutes=100, seed=4, arrivals_per_min=80, incident=_incident())
+    )
+    db = tmp_path / "c.duckdb"
+    write_duckdb(table, db)
+    lo, hi = T0, T0 + 100 * 60_000
+    window = default_window(db)
+    assert window is not None and window[0] == int(table.t_ms.min())
+    a = run_analysis(from_duckdb(db, lo, hi), lo, hi).to_json()
+    b = run_analysis(aggregate_duckdb(db, lo, hi), lo, hi).to_json()
+    assert a["incidents"] and a["incidents"][0]["segment"] == [{"region": "eu", "cdn": "cdn-b"}]
+
+    def same(x: object, y: object) -> None:
+        if isinstance(x, dict):
+            assert isinstance(y, dict) and x.keys() == y.keys()
+            for k in x:
+                same(x[k], y[k])
+        elif isinstance(x, list):
+            assert isinstance(y, list) and len(x) == len(y)
+            for u, v in zip(x, y, strict=True):
+                same(u, v)
+        elif isinstance(x, float) and isinstance(y, float):
+            assert x == pytest.approx(y, rel=1e-9, abs=1e-9, nan_ok=True)
+        else:
+            assert x == y
+
+    same(a, b)
