@@ -210,9 +210,10 @@ async def test_scheduled_freeze_is_a_gap_of_that_length(session: aiohttp.ClientS
     assert v["audio"]["packets_sent"] > 120  # audio kept flowing (about 3.5 s × 50/s)
 
 
-async def test_resolution_switch_at_a_keyframe(session: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_resolution_switch_at_a_keyframe(session: aiohttp.ClientSession, codec: str) -> None:
     rule = Rule(at_ms=1500, rendition="180p")
-    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360, R180), rules=(rule,), audio=None),))
+    config = ServerConfig(rooms=(RoomConfig("test", codec=codec, renditions=(R360, R180), rules=(rule,), audio=None),))
     async with RoomServer(config) as server:
         viewer = WhepViewer(server.whep_url("test"), audio=False)
         await viewer.join(session)
