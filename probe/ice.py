@@ -1,39 +1,70 @@
 """Which local addresses ICE may use, and the UDP receive buffer of the sockets it opens.
 
-aioice gathers host candidates on every interface except loopback, and aiortc's default configuration
-adds a public STUN server. A probe must never reach out on its own, and tests run on loopback, so:
+aioice gathers host candidates on every interface except loopback (through the module-level
+``aioice.ice.get_host_addresses``), and aiortc's default configuration adds a public STUN server. A
+probe must never reach out on its own, and tests run on loopback, so:
 - callers always pass ``RTCConfiguration(iceServers=[])`` unless the user configured servers;
-- ``restrict_host_addresses(["127.0.0.1"])`` limits host candidates to the given addresses (process-wide:
-  aioice reads a module-level function; the last call wins, which suits one target per process).
+- ``host_addresses([...])`` limits host candidates to the given addresses *within a context*: a
+  wrapper installed once consults a context variable and defers to aioice's own function elsewhere.
+  Tasks inherit the context, so the gathering ``setLocalDescription`` starts sees it, and a probe and
+  a room in one process (tests, the demo) each keep their own choice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import aioice.ice
-
-_original_get_host_addresses = aioice.ice.get_host_addresses
 
 #: Receive buffer asked for on every ICE socket, bytes. The kernel default (212,992) overflows at
 #: ~15-20 viewers per process (UDP RcvbufErrors), see docs/performance.md.
 RCVBUF_BYTES = 4 * 1024 * 1024
 
+_addresses: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "streamqoe_ice_host_addresses", default=None
+)
 
-def restrict_host_addresses(addresses: Iterable[str] | None) -> None:
-    """Gather host candidates only on ``addresses`` (None restores aioice's default: all but loopback)."""
+
+class _Scoped:
+    """Replacement for ``aioice.ice.get_host_addresses`` that honours ``host_addresses()``."""
+
+    def __init__(self, fallback: Callable[[bool, bool], list[str]]) -> None:
+        self.fallback = fallback
+
+    def __call__(self, use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        fixed = _addresses.get()
+        if fixed is None:
+            return self.fallback(use_ipv4, use_ipv6)
+        return [a for a in fixed if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+def _install() -> None:
+    current = aioice.ice.get_host_addresses
+    if not isinstance(current, _Scoped):
+        aioice.ice.get_host_addresses = _Scoped(current)
+
+
+@contextlib.contextmanager
+def host_addresses(addresses: Iterable[str] | None) -> Iterator[None]:
+    """Within this block (and tasks started in it), gather host candidates on ``addresses`` only.
+
+    ``None`` leaves aioice's default (every interface but loopback) in force.
+    """
     if addresses is None:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
+        yield
         return
-    fixed = [str(ipaddress.ip_address(a)) for a in addresses]
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in fixed if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = get_host_addresses
+    fixed = tuple(str(ipaddress.ip_address(a)) for a in addresses)
+    _install()
+    token = _addresses.set(fixed)
+    try:
+        yield
+    finally:
+        _addresses.reset(token)
 
 
 def addresses_for_target(host: str) -> list[str] | None:

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from probe import marker as frame_marker
 from probe.bitstream import FrameInfo
-from probe.ice import addresses_for_target, enlarge_receive_buffers, restrict_host_addresses
+from probe.ice import addresses_for_target, enlarge_receive_buffers, host_addresses
 from probe.report import (
     AudioSummary,
     Event,
@@ -133,6 +133,7 @@ class Session:
         self._ice_failed = False
         self._dtls_failed = False
         self.latency_clock = opts.latency_clock
+        self._ice_addresses: list[str] | None = None
 
     def now_ms(self) -> float:
         """Session time: ms since t0."""
@@ -220,7 +221,7 @@ class Session:
             if self.signaling is None:
                 self.signaling = adapter_for_url(self.opts.url, codec=self.opts.codec, token=self.opts.token)
             host = urlsplit(self.opts.url.split("+", 1)[-1]).hostname or ""
-            restrict_host_addresses(self.opts.ice_addresses or addresses_for_target(host))
+            self._ice_addresses = self.opts.ice_addresses or addresses_for_target(host)
             if self.latency_clock is None:
                 self.latency_clock = "same_host" if addresses_for_target(host) else "ntp"
         except SignalingError as e:
@@ -234,7 +235,8 @@ class Session:
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(u) for u in self.opts.ice_servers]))
             self._watch_states(pc)
             tasks.append(asyncio.ensure_future(self._tick()))
-            await self._join(pc)
+            with host_addresses(self._ice_addresses):  # gathering starts inside the join
+                await self._join(pc)
             if self.failure is None:
                 tasks.append(asyncio.ensure_future(self._consume_video()))
                 await self._wait_connected_and_media()
