@@ -282,7 +282,8 @@ def _generalise(
 ) -> tuple[float, float, Slice]:
     """Replace a slice by its parent (one dimension dropped) while the parent's other leaves are
     elevated too — at least ``rho`` of the slice's own elevation over the leaves outside the parent —
-    or hold too little (< 5 % of the parent's expectation) to tell the two apart (Occam)."""
+    or when the parent has no other leaves (the same viewers under a shorter name). A parent whose other
+    leaves are few but normal is not taken: the ripple effect has to be seen, not assumed."""
     cur = pick
     while cur[2].order > 1:
         s_mask = cur[2].mask(codes) & free
@@ -308,7 +309,9 @@ def _generalise(
                 d_r = (float(actual[rest].sum()) - e_r * k_o) / max(n_r, _EPS)
                 d_s = (float(actual[s_mask].sum()) - float(expected[s_mask].sum()) * k_o) / max(n_s, _EPS)
                 elevated = d_r >= rho * d_s
-            if e_r < 0.05 * e_p or elevated:
+            # generalise on evidence of the ripple effect only; a parent with no other leaves of
+            # its own (e_r = 0) covers the same viewers, and the coarser name wins (Occam)
+            if elevated or e_r <= _EPS:
                 vp, vo = float(actual[p_mask].sum()), float(actual[out].sum())
                 eo = float(expected[out].sum())
                 vf, ef = vp + vo, e_p + eo
