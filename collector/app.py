@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from collector import dashboard, ingest, readapi
+from collector import dashboard, export, ingest, readapi
 from collector.auth import TokenTable
 from collector.config import CollectorConfig
 from collector.errors import ApiError
@@ -24,6 +24,7 @@ from collector.state import (
     CONFIG,
     METRICS,
     READ_POOL,
+    REQ_ID,
     REQ_ITEMS,
     STORE,
     TOKENS,
@@ -41,6 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/reports", ingest.post_reports),
     ("POST", "/v1/events", ingest.post_events),
+    ("GET", "/v1/events", export.get_events),
+    ("GET", "/v1/reports", export.get_reports),
     ("GET", "/v1/qoe", readapi.get_qoe),
     ("GET", "/v1/audience", readapi.get_audience),
     ("GET", "/v1/incidents", readapi.get_incidents),
@@ -66,6 +69,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id (contextvars + X-Request-Id), JSON errors, metrics, one canonical log line."""
     rid = _request_id(request.headers.get("X-Request-Id"))
     structlog.contextvars.bind_contextvars(request_id=rid)
+    request[REQ_ID] = rid
     t0 = time.perf_counter()
     status = 500
     error: str | None = None
@@ -85,7 +89,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.exception("unhandled_error", method=request.method, path=request.path)
             resp = web.json_response({"error": "internal error", "request_id": rid}, status=500)
         status = resp.status
-        resp.headers["X-Request-Id"] = rid
+        if not resp.prepared:  # a streamed response sent its headers already (with the id)
+            resp.headers["X-Request-Id"] = rid
         return resp
     finally:
         elapsed = time.perf_counter() - t0

@@ -25,6 +25,7 @@ WALL_MS: web.AppKey[WallClock] = web.AppKey("wall_ms")
 # per request: the authenticated token and the item count, for the canonical log line
 REQ_TOKEN = web.RequestKey("token", Token)
 REQ_ITEMS = web.RequestKey("items", int)
+REQ_ID = web.RequestKey("request_id", str)
 
 
 def request_token(request: web.Request) -> Token | None:

@@ -85,6 +85,23 @@ def _columns(
     return out
 
 
+class ResultStream:
+    """A running query's rows, fetched in batches (``Store.stream``)."""
+
+    def __init__(self, cursor: Any, on_close: Callable[[Any], None]) -> None:
+        self._cur = cursor
+        self._on_close = on_close
+
+    def fetchmany(self, n: int) -> list[tuple[Any, ...]]:
+        """Up to ``n`` more rows; an empty list at the end."""
+        return list(self._cur.fetchmany(n))
+
+    def close(self) -> None:
+        """Release the cursor (idempotent)."""
+        self._on_close(self._cur)
+        self._cur.close()
+
+
 class Store:
     """The collector's database. Write methods must be called from one thread at a time."""
 
@@ -258,6 +275,28 @@ class Store:
         res = cur.execute(sql, list(params))
         names = [d[0] for d in res.description]
         return [dict(zip(names, r, strict=True)) for r in res.fetchall()]
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> ResultStream:
+        """Start a read-only query on its own cursor; fetch its rows in batches, then ``close()`` it.
+
+        DuckDB streams the result (rows are produced as they are fetched, from one snapshot), so a
+        large export does not hold its whole result in memory. Any thread, one at a time per stream.
+        """
+        cur = self._con.cursor()
+        with self._cursors_lock:
+            self._cursors.append(cur)
+        stream = ResultStream(cur, self._forget)
+        try:
+            cur.execute(sql, list(params))
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _forget(self, cur: Any) -> None:
+        with self._cursors_lock:
+            if cur in self._cursors:
+                self._cursors.remove(cur)
 
     def count(self, table: str) -> int:
         """Rows in ``table`` (one of the schema's tables)."""
