@@ -156,6 +156,7 @@ class Room:
         audio = ViewerAudioTrack(self.audio_encoder) if self.audio_encoder and wants_audio else None
 
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        fast_senders: list[fastsend.FastSender] = []
         try:
             with ice.host_addresses([self.ice_host]):
                 video_tr = pc.addTransceiver(video, direction="sendonly")
@@ -165,9 +166,9 @@ class Room:
                 )
                 audio_tr = pc.addTransceiver(audio, direction="sendonly") if audio else None
                 if self.fast_send:  # before the senders can start (they start once DTLS is up)
-                    fastsend.install(video_tr.sender, video)
+                    fast_senders.append(fastsend.install(video_tr.sender, video, sendpath))
                     if audio_tr is not None and audio is not None:
-                        fastsend.install(audio_tr.sender, audio)
+                        fast_senders.append(fastsend.install(audio_tr.sender, audio, sendpath))
                 try:
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
                 except Exception as exc:
@@ -204,6 +205,7 @@ class Room:
             join_offset_ms=self.room_time_ms(),
             clock=self.clock,
             wall_clock=self.wall_clock,
+            fast_senders=fast_senders,
         )
         video_tr.sender._send_keyframe = viewer.on_pli  # type: ignore[method-assign]
 
@@ -242,6 +244,8 @@ class Room:
 
     def truth(self, viewer_id: str | None = None) -> dict[str, Any]:
         """The ground-truth record (``GET /rooms/<room>/truth``); see docs/scenario.md."""
+        for viewer in self.viewers.values():
+            viewer.truth.send_path = viewer.send_path_kind
         viewers = [t for t in self.history if viewer_id is None or t.id == viewer_id]
         encoders = {name: enc.stats() for name, enc in self.video_encoders.items()}
         return {

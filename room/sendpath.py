@@ -5,6 +5,10 @@ loss, caps and delay hit every RTP packet the RTCRtpSenders produce, retransmiss
 RTCP passes untouched. Per packet, in order: random loss, burst loss (both drawn for every packet so
 each model's state advances per packet), bandwidth cap (token bucket, tail drop beyond its queue),
 delay + jitter (order kept). Packets due now go straight out; the others wait in a delay line.
+
+Two entries, same impairments and the same truth accounting: ``send`` (the coroutine that replaces
+``_send_rtp``: RTCP, RTX, and every packet when the direct path is off) and ``send_direct`` (a whole
+frame's packets, synchronously, from ``room/fastsend.py``'s direct path).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from room.truth import FrameEvent, Freeze, PacketCounts, ViewerTruth
 log = structlog.get_logger()
 
 SendRtp = Callable[[bytes], Awaitable[None]]
+SendNow = Callable[[bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +93,8 @@ class SendPath:
         self._last_sent_frame: EncodedFrame | None = None
         self._last_video_wall_ms: float | None = None
         self._last_size: tuple[int, int] | None = None
-        self._line: deque[tuple[float, SendRtp, bytes, str, EncodedFrame | None, bool]] = deque()
+        # (release ms, async send | None, sync send | None, packet, kind, frame, after_freeze)
+        self._line: deque[tuple[float, SendRtp | None, SendNow | None, bytes, str, EncodedFrame | None, bool]] = deque()
         self._line_wakeup = asyncio.Event()
         self._line_task: asyncio.Task[None] | None = None
         self._last_release_ms = float("-inf")
@@ -101,6 +107,7 @@ class SendPath:
             return b"" if ssrc is None else ssrc.to_bytes(4, "big")
 
         self._video_ssrc, self._rtx_ssrc, self._audio_ssrc = key(video), key(rtx), key(audio)
+        self.truth.ssrcs = {"video": video, "rtx": rtx, "audio": audio}
 
     def install(self, dtls: Any) -> None:
         """Route ``dtls._send_rtp`` (an aiortc RTCDtlsTransport) through this send path."""
@@ -184,7 +191,72 @@ class SendPath:
             return
         at_ms = max(at_ms, self._last_release_ms)
         self._last_release_ms = at_ms
-        self._line.append((at_ms, original, data, kind, frame, after_freeze))
+        self._enqueue(at_ms, original, None, data, kind, frame, after_freeze)
+
+    def send_direct(self, out: SendNow, packets: list[bytes], video: bool) -> None:
+        """Send one frame's RTP ``packets`` (video media or audio) through the impairments with ``out``.
+
+        Synchronous: ``out`` SRTP-protects and hands a packet to the UDP socket. Same models, same
+        order of draws and the same truth as ``send`` would give packet by packet.
+        """
+        truth = self.truth
+        frame: EncodedFrame | None = None
+        after_freeze = False
+        if video:
+            kind, counts = "video", truth.video
+            frame, after_freeze = self._current, self._current_after_freeze
+        else:
+            kind, counts = "audio", truth.audio
+        if not self._lossy and self._direct and not self._line:  # the common case: straight out
+            size = 0
+            for data in packets:
+                out(data)
+                size += len(data)
+            counts.packets_sent += len(packets)
+            counts.bytes_sent += size
+            if frame is not None:
+                self._record_video(frame, after_freeze)
+            return
+        for data in packets:
+            if self._lossy:
+                lost_random = self._random is not None and self._random.lost()
+                lost_burst = self._burst is not None and self._burst.lost()
+                if lost_random or lost_burst:
+                    self._drop(counts, "random" if lost_random else "burst")
+                    continue
+            if self._direct and not self._line:
+                out(data)
+                self._record(kind, counts, len(data), frame, after_freeze)
+                continue
+            now_ms = self.clock() * 1000
+            at_ms = now_ms
+            if self._bucket is not None:
+                depart = self._bucket.admit(now_ms, len(data))
+                if depart is None:
+                    self._drop(counts, "cap")
+                    continue
+                at_ms = depart
+            if self._delay is not None:
+                at_ms = self._delay.release_ms(at_ms)
+            if at_ms <= now_ms and not self._line:
+                out(data)
+                self._record(kind, counts, len(data), frame, after_freeze)
+                continue
+            at_ms = max(at_ms, self._last_release_ms)
+            self._last_release_ms = at_ms
+            self._enqueue(at_ms, None, out, data, kind, frame, after_freeze)
+
+    def _enqueue(
+        self,
+        at_ms: float,
+        original: SendRtp | None,
+        out: SendNow | None,
+        data: bytes,
+        kind: str,
+        frame: EncodedFrame | None,
+        after_freeze: bool,
+    ) -> None:
+        self._line.append((at_ms, original, out, data, kind, frame, after_freeze))
         self._line_wakeup.set()
         if self._line_task is None:
             self._line_task = asyncio.create_task(self._run_line())
@@ -206,13 +278,16 @@ class SendPath:
                 self._line_wakeup.clear()
                 await self._line_wakeup.wait()
                 continue
-            at_ms, original, data, kind, frame, after_freeze = self._line[0]
+            at_ms, original, out, data, kind, frame, after_freeze = self._line[0]
             wait_s = (at_ms - self.clock() * 1000) / 1000
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             self._line.popleft()
             try:
-                await original(data)
+                if out is not None:
+                    out(data)
+                elif original is not None:
+                    await original(data)
             except ConnectionError:
                 continue
             self._record(kind, counts[kind], len(data), frame, after_freeze)

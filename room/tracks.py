@@ -3,17 +3,25 @@
 aiortc's sender accepts an ``av.Packet`` from ``track.recv()`` and only packetizes it. The video
 track never hands over an inter frame before the viewer's first keyframe (or after a freeze, a
 backlog flush or a rendition switch), and asks its encoder for a keyframe in each of those cases.
+
+Two ways out: aiortc's pull (the sender's task awaits ``recv_frame``, fed by a queue), or, once the
+sender installed a ``direct`` hook (``room/fastsend.py``), a synchronous push from the encoder's
+fan-out: ``on_frame`` decides and sends right away, with no queue and no task switch.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 import av
+import structlog
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from room.encoder import EncodedFrame, SharedAudioEncoder, SharedSource, SharedVideoEncoder
+
+log = structlog.get_logger()
 
 MAX_BACKLOG_FRAMES = 30
 """Frames queued for a viewer beyond which the queue is flushed and the viewer restarts at a keyframe."""
@@ -44,9 +52,21 @@ class ViewerVideoTrack(MediaStreamTrack):
         self._after_freeze = False
         self._subscribed = False
         self._last_pts: int | None = None
+        self.direct: Callable[[EncodedFrame], None] | None = None
+        """Set by the sender (``room/fastsend.py``): sends a frame now, synchronously."""
 
     # -- called by the encoders
     def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None:
+        direct = self.direct
+        if direct is not None and self._queue.empty():
+            selected = self._select(source, frame)
+            if selected is not None:
+                try:
+                    direct(selected)
+                except Exception:  # never let one viewer's send break the shared encoder loop
+                    log.exception("direct_send_failed", track=self.id)
+                    self.direct = None
+            return
         if self._queue.qsize() >= MAX_BACKLOG_FRAMES:
             self._flush_backlog()
         self._queue.put_nowait((source, frame))
@@ -104,34 +124,39 @@ class ViewerVideoTrack(MediaStreamTrack):
             item = await self._queue.get()
             if item is None:
                 raise MediaStreamError
-            src, frame = item
-            if self.frozen:
-                self.frames_dropped_frozen += 1
-                continue
-            if src is self.pending:
-                if not frame.keyframe:
-                    continue
-                pts = frame.packet.pts
-                if self._last_pts is not None and pts is not None and pts <= self._last_pts:
-                    # the new rendition's keyframe is for a tick already sent: two frames with one
-                    # RTP timestamp would be merged by the receiver, so wait for a later keyframe
-                    self.pending.request_keyframe("switch")
-                    continue
-                self.source.unsubscribe(self)
-                self.source, self.pending = self.pending, None
-                self._need_keyframe = False
-            elif src is not self.source:
-                continue  # a frame of the rendition we just left
-            elif self._need_keyframe:
-                if not frame.keyframe:
-                    continue
-                self._need_keyframe = False
-            self.frames_out += 1
-            self._last_pts = frame.packet.pts
-            if self.observer is not None:
-                self.observer.frame_out(frame, self._after_freeze)
-            self._after_freeze = False
-            return frame
+            selected = self._select(*item)
+            if selected is not None:
+                return selected
+
+    def _select(self, src: SharedSource, frame: EncodedFrame) -> EncodedFrame | None:
+        """``frame`` if it goes out to this viewer now (bookkeeping done), else None (skipped)."""
+        if self.frozen:
+            self.frames_dropped_frozen += 1
+            return None
+        if src is self.pending:
+            if not frame.keyframe:
+                return None
+            pts = frame.packet.pts
+            if self._last_pts is not None and pts is not None and pts <= self._last_pts:
+                # the new rendition's keyframe is for a tick already sent: two frames with one
+                # RTP timestamp would be merged by the receiver, so wait for a later keyframe
+                self.pending.request_keyframe("switch")
+                return None
+            self.source.unsubscribe(self)
+            self.source, self.pending = self.pending, None
+            self._need_keyframe = False
+        elif src is not self.source:
+            return None  # a frame of the rendition we just left
+        elif self._need_keyframe:
+            if not frame.keyframe:
+                return None
+            self._need_keyframe = False
+        self.frames_out += 1
+        self._last_pts = frame.packet.pts
+        if self.observer is not None:
+            self.observer.frame_out(frame, self._after_freeze)
+        self._after_freeze = False
+        return frame
 
     def stop(self) -> None:
         if self.readyState == "live":
@@ -152,8 +177,18 @@ class ViewerAudioTrack(MediaStreamTrack):
         self.source = source
         self._queue: asyncio.Queue[EncodedFrame | None] = asyncio.Queue()
         self._subscribed = False
+        self.direct: Callable[[EncodedFrame], None] | None = None
+        """Set by the sender (``room/fastsend.py``): sends a frame now, synchronously."""
 
     def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None:
+        direct = self.direct
+        if direct is not None and self._queue.empty():
+            try:
+                direct(frame)
+            except Exception:  # never let one viewer's send break the shared encoder loop
+                log.exception("direct_send_failed", track=self.id)
+                self.direct = None
+            return
         if self._queue.qsize() >= 4 * MAX_BACKLOG_FRAMES:
             while not self._queue.empty():
                 self._queue.get_nowait()

@@ -98,6 +98,10 @@ class ViewerTruth:
     settings: list[dict[str, Any]] = field(default_factory=list)
     """Timeline of the impairment settings in force: {t_ms, ...settings}."""
     pli_received: int = 0
+    ssrcs: dict[str, int | None] = field(default_factory=dict)
+    """SSRCs of the streams sent: ``video``, ``rtx``, ``audio`` (None if absent)."""
+    send_path: str | None = None
+    """How media left the room: ``direct``, ``fast`` or ``aiortc`` (``Viewer.send_path_kind``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,4 +125,6 @@ class ViewerTruth:
             "resolution_changes": list(self.resolution_changes),
             "settings": list(self.settings),
             "pli_received": self.pli_received,
+            "ssrcs": dict(self.ssrcs),
+            "send_path": self.send_path,
         }

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from room.fastsend import FastSender
 from room.schedule import Rule, Settings, next_change_ms, settings_at
 from room.sendpath import SendPath
 from room.tracks import ViewerAudioTrack, ViewerVideoTrack
@@ -36,8 +37,10 @@ class Viewer:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        fast_senders: Sequence[FastSender] = (),
     ) -> None:
         self.room = room
+        self.fast_senders = tuple(fast_senders)
         self.pc = pc
         self.truth = truth
         self.video = video
@@ -89,6 +92,14 @@ class Viewer:
         self.truth.settings.append({"t_ms": round(self.wall_clock() * 1000, 1), **settings.to_dict()})
         log.debug("viewer_settings", room=self.room.name, viewer=self.id, **settings.to_dict())
 
+    @property
+    def send_path_kind(self) -> str:
+        """How media leaves: ``direct`` (synchronous SRTP + sendto), ``fast`` (fastsend through aiortc's
+        coroutines), ``aiortc`` (aiortc's own sender loop)."""
+        if not self.fast_senders:
+            return "aiortc"
+        return "direct" if all(f.direct for f in self.fast_senders) else "fast"
+
     def on_pli(self) -> None:
         """PLI/FIR from the viewer's decoder (installed as the video sender's ``_send_keyframe``)."""
         self.truth.pli_received += 1
@@ -101,6 +112,7 @@ class Viewer:
         self._closed = True
         self.truth.left_ms = self.wall_clock() * 1000
         self.truth.leave_reason = reason
+        self.truth.send_path = self.send_path_kind
         if self._schedule_task is not None:
             self._schedule_task.cancel()
         open_freeze = self.truth.freezes[-1] if self.truth.freezes else None

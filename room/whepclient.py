@@ -2,6 +2,11 @@
 
 Joins recvonly video+audio over loopback, records every decoded video frame (arrival time, size,
 marker) and audio frame count. The real viewer, with QoE metrics, is ``probe/``.
+
+``WireTap`` counts the RTP packets that reach the viewer's UDP socket, per SSRC, from the SRTP
+packets' cleartext headers (before any decryption): what the room really put on the wire. With
+``swallow=True`` it also keeps them from aiortc (no decryption, no jitter buffer, no decoder), which
+makes a viewer light enough to run a few hundred of them for a benchmark.
 """
 
 from __future__ import annotations
@@ -33,6 +38,60 @@ class ReceivedFrame:
     key_frame: bool
 
 
+@dataclass(slots=True)
+class SsrcCount:
+    """RTP packets of one SSRC that arrived on the viewer's socket."""
+
+    packets: int = 0
+    bytes: int = 0
+    """SRTP bytes (UDP payload)."""
+    first_seq: int | None = None
+    highest_seq: int = 0
+    """Highest extended (wrap-counted) sequence number seen."""
+
+    @property
+    def expected(self) -> int:
+        """Packets from the first to the highest sequence number seen (RFC 3550 A.3)."""
+        return 0 if self.first_seq is None else self.highest_seq - self.first_seq + 1
+
+
+class WireTap:
+    """Counts RTP arriving on a peer connection's ICE sockets, per SSRC (install once ICE gathered)."""
+
+    def __init__(self, pc: Any, *, swallow: bool = False) -> None:
+        self.by_ssrc: dict[int, SsrcCount] = {}
+        self.swallow = swallow
+        """Keep RTP from aiortc (counted only); STUN, DTLS and RTCP still pass."""
+        transports = {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}
+        for dtls in transports.values():
+            for protocol in dtls.transport._connection._protocols:
+                protocol.datagram_received = self._wrap(protocol.datagram_received)
+
+    def _wrap(self, original: Any) -> Any:
+        by_ssrc, swallow = self.by_ssrc, self.swallow
+
+        def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 208:  # RTP, not RTCP
+                ssrc = int.from_bytes(data[8:12], "big")
+                count = by_ssrc.get(ssrc)
+                if count is None:
+                    count = by_ssrc[ssrc] = SsrcCount()
+                count.packets += 1
+                count.bytes += len(data)
+                seq = int.from_bytes(data[2:4], "big")
+                if count.first_seq is None:
+                    count.first_seq = count.highest_seq = seq
+                else:
+                    delta = (seq - count.highest_seq) & 0xFFFF
+                    if 0 < delta < 0x8000:
+                        count.highest_seq += delta
+                if swallow:
+                    return
+            original(data, addr)
+
+        return datagram_received
+
+
 @dataclass
 class WhepViewer:
     """One viewer: ``await join()``, read ``frames``, ``await leave()``."""
@@ -41,6 +100,10 @@ class WhepViewer:
     labels: Mapping[str, str] = field(default_factory=dict)
     audio: bool = True
     decode: bool = True
+    tap: bool = False
+    """Count RTP on the wire per SSRC (``wire``)."""
+    light: bool = False
+    """Count RTP on the wire and keep it from aiortc: no decryption, no decoding (implies ``tap``)."""
     status: int | None = None
     body: str = ""
     location: str | None = None
@@ -48,6 +111,7 @@ class WhepViewer:
     frames: list[ReceivedFrame] = field(default_factory=list)
     audio_frames: int = 0
     pc: Any = None
+    wire: WireTap | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _new_frame: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -66,6 +130,8 @@ class WhepViewer:
 
         with ice.host_addresses(["127.0.0.1"]):
             await pc.setLocalDescription(await pc.createOffer())
+        if self.tap or self.light:  # the sockets exist once gathering is done
+            self.wire = WireTap(pc, swallow=self.light)
         async with session.post(
             self.url,
             params=dict(self.labels),
