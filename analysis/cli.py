@@ -20,6 +20,7 @@ from analysis.aggregates import Aggregates
 from analysis.events_table import EventTable
 from analysis.load import LoadError, from_ndjson
 from analysis.pipeline import AnalysisError, run_analysis
+from analysis.probe_reports import empty_probes, probe_end, probes_from_duckdb
 from analysis.report_html import write_report
 from analysis.sql_aggregate import aggregate_duckdb, default_window
 
@@ -74,16 +75,18 @@ def run(args: argparse.Namespace) -> int:
                 "(--events FILE.ndjson) or point --db at the collector's DuckDB file"
             )
         source: EventTable | Aggregates
+        probes = empty_probes()
         if args.db:
             # the sums the analysis needs are computed inside DuckDB; events never become Python rows
             window = default_window(args.db)
             if window is None:
                 raise AnalysisError("no viewer events in the source")
             from_ms = args.from_ms if args.from_ms is not None else window[0]
-            to_ms = args.to_ms if args.to_ms is not None else window[1]
+            to_ms = args.to_ms if args.to_ms is not None else _with_probes(args.db, from_ms, window[1])
             progress("aggregating viewer events in DuckDB")
             source = aggregate_duckdb(args.db, from_ms, to_ms)
-            progress(f"{source.n_events} events in the window; analysing")
+            probes = probes_from_duckdb(args.db, from_ms, to_ms)
+            progress(f"{source.n_events} viewer events, {probes.n} probe reports in the window; analysing")
         else:
             progress("loading events")
             table = from_ndjson(args.events)
@@ -94,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
             progress(f"{table.n} events loaded; analysing")
             source = table
         result = run_analysis(
-            source, from_ms, to_ms, baseline_minutes=args.baseline_minutes, seed=args.seed, progress=progress
+            source,
+            from_ms,
+            to_ms,
+            baseline_minutes=args.baseline_minutes,
+            seed=args.seed,
+            progress=progress,
+            probes=probes,
         )
         write_report(result, args.out)
         if args.write_incidents and args.db:
@@ -106,11 +115,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamqoe analyze: {e}", file=sys.stderr)
         return 2
     for inc in result.incidents:
-        print(f"{inc.incident_id}\t{inc.summary}")
+        seen = f" (probes saw it too: {', '.join(inc.corroborated_by)})" if inc.corroborated_by else ""
+        print(f"{inc.incident_id}\t{inc.summary}{seen}")
+    for pi in result.probe_incidents:
+        print(f"{pi.incident_id}\t{pi.summary}")
     print(
         f"report written to {args.out}/ ({len(result.incidents)} incidents, {len(result.winback_rows)} to win back)"
     )
     return 0
+
+
+PROBE_GRACE_MS = 10 * 60_000
+
+
+def _with_probes(db: Path, from_ms: int, viewer_end_ms: int) -> int:
+    """The default window end, extended to cover probe sessions started up to 10 minutes after the
+    last viewer event: probes run in real time and often end after the last beacon was written."""
+    end = probe_end(db, from_ms, viewer_end_ms + PROBE_GRACE_MS)
+    return viewer_end_ms if end is None else max(viewer_end_ms, end + 1)
 
 
 def _default_end(t_ms: np.ndarray[Any, np.dtype[np.int64]], from_ms: int) -> int:
@@ -138,6 +160,12 @@ def _write_incidents(db: Path, result: object) -> None:
             con.execute(
                 "INSERT INTO incidents VALUES (?, ?, ?, ?, ?)",
                 [inc.incident_id, inc.start_ms, inc.end_ms, json.dumps(inc.segment), inc.summary],
+            )
+        for pi in result.probe_incidents:
+            con.execute("DELETE FROM incidents WHERE incident_id = ?", [pi.incident_id])
+            con.execute(
+                "INSERT INTO incidents VALUES (?, ?, ?, ?, ?)",
+                [pi.incident_id, pi.start_ms, pi.end_ms, json.dumps(pi.segment), pi.summary],
             )
     except duckdb.Error as e:
         raise LoadError(f"{db}: cannot write incidents ({e})") from None

@@ -16,6 +16,8 @@ from analysis.detect import SLOW_START, STALL, Flagged, flag_minutes, leaf_basel
 from analysis.events_table import EventTable
 from analysis.impact import Impact, estimate
 from analysis.localize import Scanner, localize
+from analysis.probe_qoe import ProbeIncident, consistent, detect_probe_incidents, overlaps, probe_series
+from analysis.probe_reports import ProbeTable
 from analysis.series import MINUTE_MS, slice_series
 from analysis.winback import ReturnRates, WinbackRow, winback
 
@@ -38,6 +40,8 @@ class Incident:
     winback_n: int
     return_rates: ReturnRates
     alternatives: list[list[dict[str, str]]] = field(default_factory=list)
+    corroborated_by: list[str] = field(default_factory=list)
+    """Probe incidents (ids) in a consistent segment at the same time: synthetic probes saw it too."""
 
     @property
     def summary(self) -> str:
@@ -63,6 +67,11 @@ class AnalysisResult:
     winback_rows: list[WinbackRow]
     totals: dict[str, float]
     thresholds: dict[str, float]
+    probe_reports: int = 0
+    """Probe reports (synthetic probe sessions) in the window."""
+    probe_series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    """Segment label → probe metric → per-minute values (same minutes as ``series``)."""
+    probe_incidents: list[ProbeIncident] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The same facts as the HTML report, for machines."""
@@ -76,11 +85,21 @@ class AnalysisResult:
             "incidents": [],
             "series": self.series,
             "winback_count": len(self.winback_rows),
+            "probes": {
+                "source": "synthetic probes (streamqoe probe sessions run by us), not viewers' beacons",
+                "reports": self.probe_reports,
+                "series": self.probe_series,
+                "incidents": [],
+            },
         }
         for inc in self.incidents:
             d = asdict(inc)
             d["summary"] = inc.summary
             out["incidents"].append(d)
+        for pi in self.probe_incidents:
+            d = asdict(pi)
+            d["summary"] = pi.summary
+            out["probes"]["incidents"].append(d)
         return out
 
 
@@ -99,12 +118,15 @@ def run_analysis(
     seed: int = 0,
     margin: float = 1.5,
     progress: Callable[[str], None] | None = None,
+    probes: ProbeTable | None = None,
 ) -> AnalysisResult:
     """Analyse the events in [from_ms, to_ms); the first ``baseline_minutes`` are the baseline.
 
     ``source``: raw events (aggregated here) or :class:`Aggregates` already built for this window (e.g.
     by DuckDB). Events after ``to_ms`` (if loaded) are used only to measure whether affected viewers
-    came back. Raises :class:`AnalysisError` for an empty window or too little baseline.
+    came back. ``probes``: synthetic probe reports of the window, analysed beside the viewers (series,
+    their own regressions, corroboration of viewer incidents). Raises :class:`AnalysisError` for an
+    empty window or too little baseline.
     """
     say = progress or (lambda _msg: None)
     if to_ms <= from_ms:
@@ -259,6 +281,29 @@ def run_analysis(
         "watch_hours": float(grid.play_ms.sum() / 3.6e6),
         "minutes": float(n_m),
     }
+    p_series: dict[str, dict[str, list[float | None]]] = {}
+    p_incidents: list[ProbeIncident] = []
+    if probes is not None and probes.n:
+        say(f"probe reports: {probes.n}")
+        p_series = probe_series(probes, grid.t0_ms, n_m)
+        p_incidents = detect_probe_incidents(probes, grid.t0_ms, n_m)
+        for pi in p_incidents:
+            for inc in incidents:
+                if consistent(inc.segment, pi.segment) and overlaps(inc.start_ms, inc.end_ms, pi.start_ms, pi.end_ms):
+                    inc.corroborated_by.append(pi.incident_id)
+                    pi.corroborated_by.append(inc.incident_id)
+            say(f"probe incident {pi.incident_id}: {pi.summary}")
     return AnalysisResult(
-        from_ms, to_ms, grid.t0_ms, int(base.size), incidents, series, rows, totals, thresholds
+        from_ms,
+        to_ms,
+        grid.t0_ms,
+        int(base.size),
+        incidents,
+        series,
+        rows,
+        totals,
+        thresholds,
+        probes.n if probes is not None else 0,
+        p_series,
+        p_incidents,
     )

@@ -51,6 +51,74 @@ def svg_line(
     )
 
 
+def _probe_section(result: AnalysisResult, marks: list[tuple[int, int]]) -> list[str]:
+    """Probe QoE and probe-detected regressions, labelled as synthetic measurements."""
+    parts = ["<h2>Synthetic probes</h2>"]
+    if not result.probe_reports:
+        parts.append("<p>No probe reports in this window (only viewers' beacons were analysed).</p>")
+        return parts
+    parts.append(
+        f"<p>These numbers come from <b>synthetic probes</b> — {result.probe_reports} probe sessions run by "
+        "streamqoe probes, not from viewers' beacons. They are shown beside the viewers' QoE, never mixed in.</p>"
+    )
+    parts.append(f"<h3>Regressions seen by probes ({len(result.probe_incidents)})</h3>")
+    if not result.probe_incidents:
+        parts.append("<p>No segment's probes degraded beyond their peers and their own history.</p>")
+    p_marks = [
+        ((pi.start_ms - result.t0_ms) // 60_000, (pi.end_ms - result.t0_ms) // 60_000 + 1)
+        for pi in result.probe_incidents
+    ]
+    for pi in result.probe_incidents:
+        parts.append(f"<h4>{html.escape(pi.incident_id)}: {html.escape(pi.summary)}</h4>")
+        seen = (
+            f" Viewers' beacons saw it too: {html.escape(', '.join(pi.corroborated_by))}."
+            if pi.corroborated_by
+            else " No viewer incident in a consistent segment at this time."
+        )
+        parts.append(
+            f"<p>{_iso(pi.start_ms)} – {_iso(pi.end_ms)} ({(pi.end_ms - pi.start_ms) / 1000:.0f} s); "
+            f"degraded: {html.escape(', '.join(pi.detected_by))}; {pi.reports} probe sessions in the segment."
+            f"{seen}</p>"
+        )
+        parts.append(
+            "<table><tr><th>probe metric (in segment)</th><th>before</th><th>peers, same minutes</th>"
+            "<th>during</th><th>change</th></tr>"
+        )
+
+        def cell(v: float | None) -> str:
+            return "–" if v is None else f"{v:.4g}"
+
+        for name, m in pi.metrics.items():
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td>{cell(m['before'])}</td><td>{cell(m['peers'])}</td>"
+                f"<td>{cell(m['during'])}</td><td>{cell(m['change'])}</td></tr>"
+            )
+        parts.append("</table>")
+    # the probes may cover a few minutes of a long window: chart only those minutes
+    counts = result.probe_series.get("all", {}).get("reports", [])
+    with_reports = [i for i, c in enumerate(counts) if c]
+    lo, hi = (max(with_reports[0] - 1, 0), with_reports[-1] + 2) if with_reports else (0, len(counts))
+    shifted = [(max(a - lo, 0), max(b - lo, 0)) for a, b in marks + p_marks if b > lo and a < hi]
+    parts.append(
+        f"<h3>Probe QoE per segment and minute</h3><p>Minutes {lo}–{hi - 1} of the window "
+        f"({_iso(result.t0_ms + lo * 60_000)} – {_iso(result.t0_ms + hi * 60_000)}); shaded: incidents.</p>"
+    )
+    for seg, ser in result.probe_series.items():
+        parts.append(f"<h4>probes, {html.escape(seg)}</h4>")
+        for metric, pct in (
+            ("stall_ratio", True),
+            ("loss_pct", False),
+            ("ttff_p50_ms", False),
+            ("ttff_p95_ms", False),
+            ("join_failure_share", True),
+            ("hd_share", True),
+        ):
+            vals = ser.get(metric, [])[lo:hi]
+            if any(v is not None for v in vals):
+                parts.append(svg_line(vals, f"probe {metric}", marks=shifted, pct=pct))
+    return parts
+
+
 def write_report(result: AnalysisResult, out_dir: Path) -> None:
     """Write report.html, report.json and winback.csv into ``out_dir`` (created if missing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +173,11 @@ def write_report(result: AnalysisResult, out_dir: Path) -> None:
         parts.append(
             f"<p>{_iso(inc.start_ms)} – {_iso(inc.end_ms)}; detected by {', '.join(inc.detected_by)}.</p>"
         )
+        if inc.corroborated_by:
+            parts.append(
+                "<p><b>Corroborated by synthetic probes</b>: the probes also saw a regression in this segment "
+                f"at this time ({html.escape(', '.join(inc.corroborated_by))}, below).</p>"
+            )
         parts.append(
             "<table><tr><th>metric (in segment)</th><th>baseline</th><th>during</th><th>change</th></tr>"
         )
@@ -144,5 +217,6 @@ def write_report(result: AnalysisResult, out_dir: Path) -> None:
         ("startup_p95_ms", False),
     ):
         parts.append(svg_line(allser[metric], metric, marks=marks, pct=pct))
+    parts.extend(_probe_section(result, marks))
     parts.append("</body></html>")
     (out_dir / "report.html").write_text("\n".join(parts), encoding="utf-8")

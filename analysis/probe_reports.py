@@ -1,0 +1,129 @@
+"""Probe reports as columns: what synthetic probes measured, one row per probe session.
+
+Read from the collector's ``probe_reports`` table (schema in ``collector/schema.py``). A probe is a
+synthetic viewer run by us, not an audience member: its numbers are reported beside the viewers' and
+never mixed into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from analysis.events_table import UNKNOWN
+
+LABEL_KEYS = ("isp", "cdn")
+"""Probe labels that name a segment the viewers' beacons also carry."""
+
+
+@dataclass
+class ProbeTable:
+    """One row per probe report (a probe session)."""
+
+    started_ms: NDArray[np.int64]
+    """Session start, ms since the Unix epoch (UTC)."""
+    duration_s: NDArray[np.float64]
+    failed: NDArray[np.bool_]
+    """The probe could not join or receive media (``failure`` set)."""
+    ttff_ms: NDArray[np.float64]
+    """Time to first frame, ms; NaN when not measured (e.g. a failed join)."""
+    stall_ratio: NDArray[np.float64]
+    """Frozen time / session time; NaN when not measured."""
+    loss_pct: NDArray[np.float64]
+    """Video packets lost, % (RFC 3550); NaN when not measured."""
+    hd_share: NDArray[np.float64]
+    """Share of time at ≥ 720 lines; NaN when not measured."""
+    dims: dict[str, list[str]] = field(default_factory=dict)
+    """Segment dimension ("region", "isp", "cdn") → value per report ("(none)" when absent)."""
+
+    @property
+    def n(self) -> int:
+        """Number of reports."""
+        return int(self.started_ms.size)
+
+    def by_start(self) -> ProbeTable:
+        """The same reports ordered by session start."""
+        o = np.argsort(self.started_ms, kind="stable")
+        return ProbeTable(
+            self.started_ms[o],
+            self.duration_s[o],
+            self.failed[o],
+            self.ttff_ms[o],
+            self.stall_ratio[o],
+            self.loss_pct[o],
+            self.hd_share[o],
+            {k: [v[i] for i in o] for k, v in self.dims.items()},
+        )
+
+
+def empty_probes() -> ProbeTable:
+    """No probe reports."""
+    z = np.zeros(0)
+    return ProbeTable(np.zeros(0, np.int64), z, np.zeros(0, bool), z, z, z, z, {})
+
+
+def _f64(a: Any) -> NDArray[np.float64]:
+    if isinstance(a, np.ma.MaskedArray):
+        return np.asarray(np.ma.filled(a.astype(np.float64), np.nan), dtype=np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def probes_from_duckdb(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
+    """Reports whose session started in [from_ms, to_ms); an empty table when the file has no
+    ``probe_reports`` table (a viewer-only database) or no reports in the window."""
+    from analysis.sql_aggregate import connect
+
+    con = connect(path)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "probe_reports" not in tables:
+            return empty_probes()
+        labels = ", ".join(
+            f"coalesce(json_extract_string(labels, '$.{k}'), '{UNKNOWN}') AS l_{k}" for k in LABEL_KEYS
+        )
+        r = con.execute(
+            f"""SELECT started_ms, duration_s, failure IS NOT NULL AS failed, ttff_ms, stall_ratio, loss_pct,
+                   hd_share, coalesce(region, '{UNKNOWN}') AS region, {labels}
+            FROM probe_reports WHERE started_ms >= {int(from_ms)} AND started_ms < {int(to_ms)}
+            ORDER BY started_ms"""
+        ).fetchnumpy()
+    finally:
+        con.close()
+    if len(r["started_ms"]) == 0:
+        return empty_probes()
+    dims = {"region": [str(x) for x in r["region"]]}
+    for k in LABEL_KEYS:
+        dims[k] = [str(x) for x in r[f"l_{k}"]]
+    return ProbeTable(
+        np.asarray(r["started_ms"], dtype=np.int64),
+        _f64(r["duration_s"]),
+        np.asarray(r["failed"], dtype=bool),
+        _f64(r["ttff_ms"]),
+        _f64(r["stall_ratio"]),
+        _f64(r["loss_pct"]),
+        _f64(r["hd_share"]),
+        dims,
+    )
+
+
+def probe_end(path: Path, started_from_ms: int, started_before_ms: int) -> int | None:
+    """End (start + duration, ms) of the last probe session started in [started_from_ms,
+    started_before_ms); None without any (or without a ``probe_reports`` table)."""
+    from analysis.sql_aggregate import connect
+
+    con = connect(path)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "probe_reports" not in tables:
+            return None
+        row = con.execute(
+            f"""SELECT max(started_ms + CAST(duration_s * 1000 AS BIGINT)) FROM probe_reports
+            WHERE started_ms >= {int(started_from_ms)} AND started_ms < {int(started_before_ms)}"""
+        ).fetchone()
+    finally:
+        con.close()
+    return None if row is None or row[0] is None else int(row[0])
