@@ -51,7 +51,7 @@ def svg_line(
     )
 
 
-def _probe_section(result: AnalysisResult, marks: list[tuple[int, int]]) -> list[str]:
+def _probe_section(result: AnalysisResult) -> list[str]:
     """Probe QoE and probe-detected regressions, labelled as synthetic measurements."""
     parts = ["<h2>Synthetic probes</h2>"]
     if not result.probe_reports:
@@ -98,10 +98,10 @@ def _probe_section(result: AnalysisResult, marks: list[tuple[int, int]]) -> list
     counts = result.probe_series.get("all", {}).get("reports", [])
     with_reports = [i for i, c in enumerate(counts) if c]
     lo, hi = (max(with_reports[0] - 1, 0), with_reports[-1] + 2) if with_reports else (0, len(counts))
-    shifted = [(max(a - lo, 0), max(b - lo, 0)) for a, b in marks + p_marks if b > lo and a < hi]
+    shifted = [(max(a - lo, 0), max(b - lo, 0)) for a, b in p_marks if b > lo and a < hi]
     parts.append(
         f"<h3>Probe QoE per segment and minute</h3><p>Minutes {lo}–{hi - 1} of the window "
-        f"({_iso(result.t0_ms + lo * 60_000)} – {_iso(result.t0_ms + hi * 60_000)}); shaded: incidents.</p>"
+        f"({_iso(result.t0_ms + lo * 60_000)} – {_iso(result.t0_ms + hi * 60_000)}); shaded: probe incidents.</p>"
     )
     for seg, ser in result.probe_series.items():
         parts.append(f"<h4>probes, {html.escape(seg)}</h4>")
@@ -217,6 +217,6 @@ def write_report(result: AnalysisResult, out_dir: Path) -> None:
         ("startup_p95_ms", False),
     ):
         parts.append(svg_line(allser[metric], metric, marks=marks, pct=pct))
-    parts.extend(_probe_section(result, marks))
+    parts.extend(_probe_section(result))
     parts.append("</body></html>")
     (out_dir / "report.html").write_text("\n".join(parts), encoding="utf-8")
