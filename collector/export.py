@@ -1,7 +1,8 @@
 """``GET /v1/events`` and ``GET /v1/reports``: stream stored items as NDJSON for offline analysis.
 
 Roles ``reader`` and ``analysis``. ``from`` and ``to`` (ms since the Unix epoch, required) select
-``[from, to)``: events by ``t_ms``, reports by ``started_ms``. Lines come ordered by time, then id.
+``[from, to)``: events by ``t_ms``, reports by ``started_ms``. Lines come in storage order (about
+arrival order), not sorted: a global ``ORDER BY`` would make DuckDB hold the whole window in memory.
 
 Events are rendered in the wire format (``ViewerEvent.to_dict()``: ``t`` as RFC 3339 UTC with ms, None
 fields omitted) by DuckDB itself, so the handler only moves strings: rows are fetched from one query's
@@ -46,11 +47,10 @@ def _json_member(name: str) -> str:
 # one JSON object per row, keys in ViewerEvent field order, NULL fields left out like to_dict()
 EVENTS_SQL = (
     "SELECT '{' || concat_ws(',', " + ", ".join(_json_member(n) for n in ROW_FIELDS) + ") || '}' "
-    "FROM viewer_events WHERE t_ms >= ? AND t_ms < ? ORDER BY t_ms, event_id"
+    "FROM viewer_events WHERE t_ms >= ? AND t_ms < ?"
 )
 REPORTS_SQL = (
-    "SELECT CAST(body AS VARCHAR) FROM probe_reports WHERE started_ms >= ? AND started_ms < ? "
-    "ORDER BY started_ms, report_id"
+    "SELECT CAST(body AS VARCHAR) FROM probe_reports WHERE started_ms >= ? AND started_ms < ?"
 )
 
 

@@ -124,6 +124,41 @@ def _load(port: int, seconds: float, connections: int, batch: int, rate: float, 
     asyncio.run(main())
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _export(port: int, pid: int) -> dict[str, float]:
+    """Stream ``GET /v1/events`` over the whole table; lines, seconds, collector RSS before and at peak."""
+    import threading
+
+    rss0 = _rss_mb(pid)
+    peak = [rss0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], _rss_mb(pid))
+
+    th = threading.Thread(target=sample)
+    th.start()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/events?from=0&to={2**62}", headers={"Authorization": f"Bearer {READER}"}
+    )
+    t0 = time.perf_counter()
+    lines = 0
+    with urllib.request.urlopen(req) as r:
+        while chunk := r.read(1 << 20):
+            lines += chunk.count(b"\n")
+    elapsed = time.perf_counter() - t0
+    done.set()
+    th.join()
+    return {"lines": lines, "seconds": elapsed, "rss0": rss0, "peak": peak[0]}
+
+
 def _proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -141,6 +176,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=0, help="open loop: offered events/s (0 = closed loop)")
+    ap.add_argument("--export", action="store_true", help="then time GET /v1/events over everything stored")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
@@ -177,6 +213,7 @@ def main() -> int:
         p.join()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {READER}"})
         metrics = urllib.request.urlopen(req).read().decode()
+        export = _export(port, proc.pid) if args.export else None
     finally:
         proc.terminate()
         proc.wait(60)
@@ -207,6 +244,12 @@ def main() -> int:
         f"| {cpu / res['elapsed']:.2f} | {res['client_cpu'] * 1000 / k:.1f} | {load0:.1f} → {load1:.1f} "
         f"| {res['errors']} | {rows == res['acked']} ({rows:,}) | {mean_group:,.0f} |"
     )
+    if export:
+        print(
+            f"\nexport: GET /v1/events over {export['lines']:,} events in {export['seconds']:.1f} s "
+            f"({export['lines'] / export['seconds']:,.0f} lines/s); collector RSS {export['rss0']:.0f} MB before, "
+            f"{export['peak']:.0f} MB at peak"
+        )
     if not args.keep:
         import shutil
 
