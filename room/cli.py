@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="impairment RNG seed (overrides the scenario's)")
     parser.add_argument("--encoder-threads", type=int, default=1, help="threads per video encoder")
+    parser.add_argument(
+        "--no-fast-send",
+        dest="fast_send",
+        action="store_false",
+        help="send with aiortc's own per-viewer RTP loop (for comparison; docs/room.md, Cost)",
+    )
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -47,7 +53,9 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     for room in extra:
         if room.name in names:
             raise ValueError(f"--room: room {room.name!r} is also defined in the scenario file")
-    config = scen.server_config(extra, ice_host=args.ice_host, encoder_threads=args.encoder_threads)
+    config = scen.server_config(
+        extra, ice_host=args.ice_host, encoder_threads=args.encoder_threads, fast_send=args.fast_send
+    )
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
     return config
