@@ -4,6 +4,7 @@
     scripts/bench_analysis.py --sessions 1000000 [--db /tmp/bench.duckdb]   # speed
     scripts/bench_analysis.py --db /tmp/bench.duckdb --reuse-db [--compare]  # speed, existing file
     scripts/bench_analysis.py --seeds 50                                    # accuracy over seeds
+    scripts/bench_analysis.py --probe-seeds 200                             # probe detector
 
 Generation (and writing the DuckDB file) is timed separately and excluded from the analysis time.
 """
@@ -118,6 +119,29 @@ def accuracy(seeds: int) -> None:
           f"{cover}/{seeds}; no-incident runs quiet {quiet}/{seeds}")
 
 
+def probe_accuracy(seeds: int) -> None:
+    """Probe detector: false alarms on quiet probes with shared noise, and detection of a 2-minute and a
+    1-minute loss + stall regression in one region (3 regions, a session every 10 s each)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from test_analysis_probes import T0 as P0
+    from test_analysis_probes import _probes
+
+    from analysis.probe_qoe import detect_probe_incidents
+
+    false = sum(len(detect_probe_incidents(_probes(60, {}, seed=s), P0, 60)) for s in range(seeds))
+    found2 = found1 = 0
+    for s in range(seeds):
+        for span, _ in ((2, "2"), (1, "1")):
+            incs = detect_probe_incidents(_probes(20, {"eu": (10, 10 + span)}, seed=s), P0, 20)
+            ok = [i for i in incs if i.segment == {"region": "eu"} and abs(i.start_ms - (P0 + 600_000)) < 60_000]
+            if span == 2:
+                found2 += bool(ok) and len(incs) == 1
+            else:
+                found1 += bool(ok) and len(incs) == 1
+    print(f"probes, {seeds} seeds: false incidents in {seeds} × 60 quiet minutes: {false}; eu regression found "
+          f"(right segment, start ±1 min, nothing else): 2-minute {found2}/{seeds}, 1-minute {found1}/{seeds}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=0)
@@ -126,7 +150,10 @@ def main() -> int:
     ap.add_argument("--reuse-db", action="store_true", help="analyse an existing --db file, do not regenerate")
     ap.add_argument("--compare", action="store_true", help="also run the event-loading path and compare")
     ap.add_argument("--seeds", type=int, default=0)
+    ap.add_argument("--probe-seeds", type=int, default=0, help="probe detector accuracy over seeds")
     a = ap.parse_args()
+    if a.probe_seeds:
+        probe_accuracy(a.probe_seeds)
     if a.sessions or a.reuse_db:
         speed(a.sessions, a.minutes, a.db, a.reuse_db, a.compare)
     if a.seeds:
