@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from probe.marker import Marker
 from room.config import AudioConfig, Rendition
 from room.pattern import AUDIO_RATE, AUDIO_SAMPLES, TestPattern, Tone
+from room.truth import ContentFreeze
 
 log = structlog.get_logger()
 
@@ -241,7 +242,11 @@ class SharedVideoEncoder(SharedSource):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         threads: int = 1,
+        content_freezes: Sequence[tuple[float, float]] = (),
+        started_wall_ms: float = 0.0,
     ) -> None:
+        """``content_freezes``: windows ``[start, end)``, ms since room start (the tick's time), in which
+        the pattern repeats the window's first picture; ``started_wall_ms``: the room's start, wall ms."""
         super().__init__(
             f"{room}/{rendition.name}", 1.0 / rendition.fps, epoch=epoch, clock=clock, wall_clock=wall_clock
         )
@@ -259,6 +264,11 @@ class SharedVideoEncoder(SharedSource):
         self.keyframe_requests_ignored = 0
         self.bytes_encoded = 0
         self.encode_cpu_s = 0.0
+        self.content_freeze_windows = tuple(content_freezes)
+        self.started_wall_ms = started_wall_ms
+        self.content_freezes: list[ContentFreeze] = []
+        """Truth of the content freezes so far (``Room.truth``)."""
+        self._held: tuple[tuple[float, float], int, int] | None = None  # (window, tick, capture_ms) shown
 
     def request_keyframe(self, reason: str) -> bool:
         """Make the next frame a keyframe. ``reason``: ``join``, ``pli``, ``freeze``, ``switch``, ``backlog``.
@@ -282,12 +292,43 @@ class SharedVideoEncoder(SharedSource):
         self._force_keyframe = False
         capture_ms = int(self.wall_clock() * 1000)
         pts = round((due - self.epoch) * 90_000)
+        picture_tick, repeat = self._content_freeze(tick, capture_ms)
+        if repeat is not None:
+            picture_tick, capture_ms = repeat
         loop = asyncio.get_running_loop()
-        frame = await loop.run_in_executor(self._executor, self._encode, tick, capture_ms, pts, force)
+        frame = await loop.run_in_executor(self._executor, self._encode, picture_tick, capture_ms, pts, force)
         if frame is not None and frame.keyframe:
             self.keyframes += 1
             self._last_keyframe_at = due
+        if frame is not None and repeat is not None:
+            self.content_freezes[-1].frames_repeated += 1
         return frame
+
+    def _content_freeze(self, tick: int, capture_ms: int) -> tuple[int, tuple[int, int] | None]:
+        """(tick to draw, (tick, capture_ms) of the held picture if this frame repeats it, else None)."""
+        t_ms = tick * self.period_s * 1000
+        window = next((w for w in self.content_freeze_windows if w[0] <= t_ms < w[1]), None)
+        held = self._held
+        if window is None:
+            if held is not None:  # the first fresh picture after a content freeze
+                self.content_freezes[-1].end_ms = capture_ms
+                self._held = None
+            return tick, None
+        if held is not None and held[0] == window:
+            return held[1], (held[1], held[2])
+        if held is not None:  # back-to-back windows: the previous one ends here
+            self.content_freezes[-1].end_ms = capture_ms
+        self._held = (window, tick, capture_ms)
+        self.content_freezes.append(
+            ContentFreeze(
+                rendition=self.rendition.name,
+                scheduled_start_ms=self.started_wall_ms + window[0],
+                scheduled_end_ms=self.started_wall_ms + window[1],
+                marker_seq=tick % 2**32,
+                start_ms=capture_ms,
+            )
+        )
+        return tick, None
 
     def _encode(self, tick: int, capture_ms: int, pts: int, force: bool) -> EncodedFrame | None:
         """Draw, encode and packetize one frame (worker thread), counting the thread's CPU time."""

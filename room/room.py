@@ -79,6 +79,9 @@ class Room:
         self.wall_clock = wall_clock
         self.started_at = clock()
         self.started_wall_ms = wall_clock() * 1000
+        content_freezes = [
+            (r.room_at_ms or 0.0, (r.room_at_ms or 0.0) + (r.duration_ms or 0.0)) for r in config.rules if r.repeat
+        ]
         self.video_encoders = {
             r.name: SharedVideoEncoder(
                 config.name,
@@ -89,6 +92,8 @@ class Room:
                 clock=clock,
                 wall_clock=wall_clock,
                 threads=encoder_threads,
+                content_freezes=content_freezes,
+                started_wall_ms=self.started_wall_ms,
             )
             for r in config.renditions
         }
@@ -193,7 +198,8 @@ class Room:
         )
         for dtls in {id(t.sender.transport): t.sender.transport for t in pc.getTransceivers()}.values():
             sendpath.install(dtls)
-        rules = [r for r in self.config.rules if labels_match(r.match, labels)]
+        # content freezes act on the shared encoders, not on a viewer's schedule
+        rules = [r for r in self.config.rules if not r.repeat and labels_match(r.match, labels)]
         viewer = Viewer(
             self,
             pc,
@@ -255,6 +261,10 @@ class Room:
             "started_ms": round(self.started_wall_ms, 1),
             "now_ms": round(self.wall_clock() * 1000, 1),
             "encoders": encoders,
+            "content_freezes": sorted(
+                (f.to_dict() for enc in self.video_encoders.values() for f in enc.content_freezes),
+                key=lambda f: (f["start_ms"], f["rendition"]),
+            ),
             "audio_encoder": self.audio_encoder.stats() if self.audio_encoder else None,
             "viewers_active": len(self.viewers),
             "joins_refused": list(self.joins_refused),

@@ -44,6 +44,7 @@ _RULE_KEYS = {
     "burst_bytes",
     "rendition",
     "freeze_ms",
+    "repeat_ms",
     "description",
 }
 _REFUSE_KEYS = {"match", "room_from_ms", "room_to_ms", "description"}
@@ -132,6 +133,13 @@ def _rule(value: Any, path: str) -> Rule:
         if isinstance(freeze_ms, bool) or not isinstance(freeze_ms, int | float) or not 0 < freeze_ms <= 3_600_000:
             raise ValueError(f"{path}.freeze_ms: {freeze_ms!r} must be a number in (0, 3600000]")
         kwargs.update(freeze=True, duration_ms=freeze_ms)
+    if "repeat_ms" in obj:
+        repeat_ms = obj.pop("repeat_ms")
+        if "duration_ms" in obj or "duration_ms" in kwargs:
+            raise ValueError(f"{path}.repeat_ms: a content freeze's duration is repeat_ms; drop duration_ms")
+        if isinstance(repeat_ms, bool) or not isinstance(repeat_ms, int | float) or not 0 < repeat_ms <= 3_600_000:
+            raise ValueError(f"{path}.repeat_ms: {repeat_ms!r} must be a number in (0, 3600000]")
+        kwargs.update(repeat=True, duration_ms=repeat_ms)
     if "rendition" in obj and not isinstance(obj["rendition"], str):
         raise ValueError(f"{path}.rendition: must be a rendition name (string)")
     kwargs.update(obj)

@@ -142,6 +142,9 @@ class Rule:
     rendition: str | None = None
     freeze: bool = False
     """Freeze video while active (the scenario's ``freeze_ms`` sets this and ``duration_ms``)."""
+    repeat: bool = False
+    """Content freeze while active: the room's pattern repeats one picture (and marker) while frames keep
+    flowing (the scenario's ``repeat_ms`` sets this and ``duration_ms``). Room-wide: ``room_at_ms`` only."""
 
     def __post_init__(self) -> None:
         if self.at_ms is not None and self.room_at_ms is not None:
@@ -155,6 +158,21 @@ class Rule:
         _check_range("cap_kbps", self.cap_kbps, 1, 10_000_000)
         _check_range("queue_ms", self.queue_ms, 0, 60_000)
         _check_range("burst_bytes", self.burst_bytes, 1200, 10_000_000)
+        if self.repeat:
+            self._check_repeat()
+
+    def _check_repeat(self) -> None:
+        shared = "a content freeze is room-wide (one encode is shared by every viewer)"
+        if self.at_ms is not None:
+            raise ValueError(f"repeat_ms: {shared}: time it with room_at_ms, not at_ms")
+        if self.room_at_ms is None:
+            raise ValueError(f"repeat_ms: {shared}: give room_at_ms (its start, ms after the room started)")
+        if self.match:
+            raise ValueError(f"repeat_ms: {shared}: it cannot have a match")
+        if self.duration_ms is None or self.duration_ms <= 0:
+            raise ValueError("repeat_ms: must be > 0")
+        if self.freeze or any(getattr(self, name) is not None for name in _SETTING_FIELDS):
+            raise ValueError("repeat_ms: put other impairments in a rule of their own")
 
     def window(self, join_offset_ms: float) -> tuple[float, float]:
         """(start, end) of the rule on the viewer's time line, ms since join (end may be inf)."""
@@ -170,6 +188,8 @@ class Rule:
                 out[name] = value.to_dict() if isinstance(value, BurstLoss) else value
         if self.freeze:
             out["freeze"] = True
+        if self.repeat:
+            out["repeat"] = True
         return out
 
 

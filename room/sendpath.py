@@ -307,6 +307,8 @@ class SendPath:
         if frame is not self._last_sent_frame:  # the first packet of a frame
             self._last_sent_frame = frame
             truth.frames_sent += 1
+            if frame.seq == truth.last_marker_seq:
+                truth.marker_repeated_frames += 1
             truth.last_marker_seq = frame.seq
             if truth.first_video_packet is None:
                 truth.first_video_packet = FrameEvent(now_ms, frame.seq)

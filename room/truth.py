@@ -69,6 +69,36 @@ class Freeze:
 
 
 @dataclass(slots=True)
+class ContentFreeze:
+    """A scheduled content freeze (``repeat_ms``) of one rendition: one picture encoded again and again."""
+
+    rendition: str
+    scheduled_start_ms: float
+    """Window start (room start + ``room_at_ms``), wall ms."""
+    scheduled_end_ms: float
+    """Window end (start + ``repeat_ms``), wall ms."""
+    marker_seq: int
+    """Marker seq of the held picture (the first frame encoded in the window)."""
+    start_ms: float
+    """Capture time of the held picture (the marker's ``capture_ms``), wall ms."""
+    end_ms: float | None = None
+    """Capture time of the first fresh picture after the window, wall ms; None until there is one."""
+    frames_repeated: int = 0
+    """Frames encoded (and handed to every subscribed viewer) showing ``marker_seq`` after the first."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rendition": self.rendition,
+            "scheduled_start_ms": round(self.scheduled_start_ms, 1),
+            "scheduled_end_ms": round(self.scheduled_end_ms, 1),
+            "marker_seq": self.marker_seq,
+            "start_ms": round(self.start_ms, 1),
+            "end_ms": None if self.end_ms is None else round(self.end_ms, 1),
+            "frames_repeated": self.frames_repeated,
+        }
+
+
+@dataclass(slots=True)
 class ViewerTruth:
     """Everything the room did for one viewer."""
 
@@ -93,6 +123,8 @@ class ViewerTruth:
     frames_sent: int = 0
     keyframes_sent: int = 0
     last_marker_seq: int | None = None
+    marker_repeated_frames: int = 0
+    """Frames sent whose marker seq equals the previous frame sent's (a content freeze, as a viewer sees it)."""
     freezes: list[Freeze] = field(default_factory=list)
     resolution_changes: list[dict[str, Any]] = field(default_factory=list)
     settings: list[dict[str, Any]] = field(default_factory=list)
@@ -121,6 +153,7 @@ class ViewerTruth:
             "frames_sent": self.frames_sent,
             "keyframes_sent": self.keyframes_sent,
             "last_marker_seq": self.last_marker_seq,
+            "marker_repeated_frames": self.marker_repeated_frames,
             "freezes": [f.to_dict() for f in self.freezes],
             "resolution_changes": list(self.resolution_changes),
             "settings": list(self.settings),

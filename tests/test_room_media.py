@@ -324,3 +324,31 @@ async def test_direct_send_path_is_used_and_its_truth_matches_the_wire(session: 
     assert 0 <= t["video"]["packets_dropped"] - gaps <= 3
     assert 0.05 < t["video"]["packets_dropped"] / (t["video"]["packets_sent"] + t["video"]["packets_dropped"]) < 0.15
     assert len(viewer.frames) > 30
+
+
+async def test_content_freeze_repeats_one_picture_while_frames_keep_flowing(session: aiohttp.ClientSession) -> None:
+    rule = Rule(room_at_ms=1500, duration_ms=1000, repeat=True)
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=(rule,), audio=None),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"), audio=False)
+        assert await viewer.join(session) == 201
+        await asyncio.sleep(3.5)
+        await viewer.leave(session)
+        truth = server.rooms["test"].truth()
+
+    (cf,) = truth["content_freezes"]
+    (v,) = truth["viewers"]
+    assert cf["rendition"] == "360p"
+    # the first tick in the window is held, the first tick after it is fresh (late on a loaded machine)
+    assert 0 <= cf["start_ms"] - cf["scheduled_start_ms"] <= 250
+    assert 0 <= cf["end_ms"] - cf["scheduled_end_ms"] <= 250
+    assert 15 <= cf["frames_repeated"] <= 30  # ~1 s at 30 fps, minus skipped ticks
+    assert v["marker_repeated_frames"] == cf["frames_repeated"]  # joined before, stayed after: saw all of it
+    # the viewer decoded the same marker again and again, at the normal frame rate
+    held = [f for f in viewer.frames if f.marker is not None and f.marker.seq == cf["marker_seq"]]
+    assert len(held) - 1 == pytest.approx(cf["frames_repeated"], abs=2)
+    assert {f.marker.capture_ms for f in held if f.marker} == {round(cf["start_ms"])}
+    gap_s, _ = max_gap(viewer.frames)
+    assert gap_s < 0.3  # frames kept flowing
+    later = [f.marker.seq for f in viewer.frames if f.marker is not None and f.marker.seq > cf["marker_seq"]]
+    assert later and later[0] >= cf["marker_seq"] + cf["frames_repeated"]  # the clock moved on meanwhile

@@ -289,3 +289,51 @@ def test_shared_encoder_rate_limits_pli_but_not_joins() -> None:
     assert enc.request_keyframe("pli")
     assert enc.keyframe_requests == {"pli": 4, "join": 1}
     assert enc.keyframe_requests_ignored == 2
+
+
+def test_content_freeze_rule_is_room_wide() -> None:
+    scenario = parse({"rooms": [{"name": "a", "impairments": [{"room_at_ms": 2000, "repeat_ms": 1500}]}]})
+    (rule,) = scenario.rooms[0].rules
+    assert (rule.repeat, rule.room_at_ms, rule.duration_ms) == (True, 2000, 1500)
+    assert rule.to_dict()["repeat"] is True
+    # not a viewer setting: the schedule leaves viewers alone
+    assert settings_at([rule], 2500, 0) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"at_ms": 1000, "repeat_ms": 500}, "repeat_ms: a content freeze is room-wide .*room_at_ms, not at_ms"),
+        ({"repeat_ms": 500}, "repeat_ms: .*give room_at_ms"),
+        ({"match": {"region": "eu"}, "room_at_ms": 0, "repeat_ms": 500}, "repeat_ms: .*cannot have a match"),
+        ({"room_at_ms": 0, "repeat_ms": 500, "duration_ms": 5}, "repeat_ms: a content freeze's duration"),
+        ({"room_at_ms": 0, "repeat_ms": 500, "loss_pct": 5}, "repeat_ms: put other impairments"),
+        ({"room_at_ms": 0, "repeat_ms": 0}, "repeat_ms: 0 must be"),
+    ],
+)
+def test_content_freeze_rule_errors(rule: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=r"^rooms\[0\]\.impairments\[0\]\." + message):
+        parse({"rooms": [{"name": "a", "impairments": [rule]}]})
+
+
+def test_content_freeze_holds_the_first_picture_of_its_window() -> None:
+    from room.config import Rendition
+    from room.encoder import SharedVideoEncoder
+
+    # 10 fps: tick n is at n*100 ms since room start; window [250, 550) holds ticks 3, 4, 5
+    enc = SharedVideoEncoder(
+        "a",
+        "vp8",
+        Rendition("180p", 320, 180, 10, 300),
+        keyframe_interval_s=4,
+        epoch=0.0,
+        content_freezes=[(250.0, 550.0)],
+        started_wall_ms=1_000_000.0,
+    )
+    shown = [enc._content_freeze(tick, capture_ms=1_000_000 + 100 * tick) for tick in range(8)]
+    assert [s[0] for s in shown] == [0, 1, 2, 3, 3, 3, 6, 7]
+    assert [s[1] is not None for s in shown] == [False, False, False, False, True, True, False, False]
+    assert shown[4][1] == (3, 1_000_300)  # the same marker: seq and capture time
+    (cf,) = enc.content_freezes
+    assert (cf.marker_seq, cf.start_ms, cf.end_ms) == (3, 1_000_300, 1_000_600)
+    assert (cf.scheduled_start_ms, cf.scheduled_end_ms) == (1_000_250, 1_000_550)
