@@ -22,6 +22,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="give up after this many s in total")
     args = ap.parse_args()
     counts = [int(x) for x in args.viewers.split(",")]
+    # a SIGTERM (e.g. from `timeout`) still stops the room and the viewer processes in `finally`
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     deadline = time.monotonic() + args.timeout
 
     port = _free_port()
