@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         probes = empty_probes()
         if args.db:
             # the sums the analysis needs are computed inside DuckDB; events never become Python rows
-            window = default_window(args.db)
+            window = default_window(args.db, args.from_ms)
             if window is None:
                 raise AnalysisError("no viewer events in the source")
             from_ms = args.from_ms if args.from_ms is not None else window[0]

@@ -49,16 +49,18 @@ def connect(path: Path) -> Any:
     return con
 
 
-def default_window(path: Path) -> tuple[int, int] | None:
-    """(first event ms, end of the first contiguous stretch of events + 1 ms) — a gap > 30 min ends the
-    stretch: later events are viewers returning days later. None when the table is empty.
+def default_window(path: Path, from_ms: int | None = None) -> tuple[int, int] | None:
+    """(first event ms, end of the first contiguous stretch of events + 1 ms), both at or after
+    ``from_ms`` when given — a gap > 30 min ends the stretch: later events are viewers returning days
+    later. None when there are no such events.
 
     Computed from per-minute first/last times, which gives the same gaps as sorting every event (a gap
     > 30 min cannot lie inside one minute)."""
     con = connect(path)
     try:
+        where = "" if from_ms is None else f"WHERE t_ms >= {int(from_ms)}"
         r = con.execute(
-            f"SELECT min(t_ms), max(t_ms) FROM viewer_events GROUP BY t_ms // {MINUTE_MS} ORDER BY 1"
+            f"SELECT min(t_ms), max(t_ms) FROM viewer_events {where} GROUP BY t_ms // {MINUTE_MS} ORDER BY 1"
         ).fetchnumpy()
     finally:
         con.close()

@@ -106,6 +106,8 @@ def test_duckdb_aggregates_give_the_same_analysis_as_events(tmp_path: Path) -> N
     lo, hi = T0, T0 + 100 * 60_000
     window = default_window(db)
     assert window is not None and window[0] == int(table.t_ms.min())
+    later = default_window(db, lo + 30 * 60_000)
+    assert later is not None and later[0] >= lo + 30 * 60_000 and later[1] == window[1]
     a = run_analysis(from_duckdb(db, lo, hi), lo, hi).to_json()
     b = run_analysis(aggregate_duckdb(db, lo, hi), lo, hi).to_json()
     assert a["incidents"] and a["incidents"][0]["segment"] == [{"region": "eu", "cdn": "cdn-b"}]
