@@ -176,6 +176,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=0, help="open loop: offered events/s (0 = closed loop)")
+    ap.add_argument("--checkpoint-mib", type=int, default=0, help="checkpoint_wal_bytes in MiB (0 = default)")
     ap.add_argument("--export", action="store_true", help="then time GET /v1/events over everything stored")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
     args = ap.parse_args()
@@ -184,6 +185,8 @@ def main() -> int:
     cfg = tmp / "collector.toml"
     cfg.write_text(
         f'listen_host = "127.0.0.1"\nlisten_port = {port}\ndb_path = "{tmp / "bench.duckdb"}"\n'
+        + (f"checkpoint_wal_bytes = {args.checkpoint_mib << 20}\n" if args.checkpoint_mib else "")
+        +
         f'[[tokens]]\nname = "bench"\nrole = "platform"\nsecret = "{TOKEN}"\n'
         f'[[tokens]]\nname = "reader"\nrole = "reader"\nsecret = "{READER}"\n'
     )
@@ -230,19 +233,28 @@ def main() -> int:
     mean_group = float(rows_sum[0].split()[-1]) / n_commits if n_commits else 0
     lat = res["latencies"]
     cpu = cpu1 - cpu0
+    # the slowest commit, to the histogram's resolution: the smallest bucket holding every commit
+    buckets = [
+        (float(ln.split('le="')[1].split('"')[0]), float(ln.split()[-1]))
+        for ln in metrics.splitlines()
+        if ln.startswith("streamqoe_store_commit_duration_seconds_bucket")
+    ]
+    slowest = min((le for le, c in buckets if c >= n_commits), default=float("nan"))
     k = res["acked"] / 1000 or float("nan")
     load = f"closed, {args.connections} conn" if not args.rate else f"open, {args.rate:,.0f} ev/s offered"
+    if args.checkpoint_mib:
+        load += f", checkpoint {args.checkpoint_mib} MiB"
     print(
         "| load | seconds | events/s acked | ack p50 ms | ack p99 ms | collector CPU ms / 1,000 ev "
         "| collector cores busy | client CPU ms / 1,000 ev | loadavg 1 min (start → end) | errors "
-        "| rows == acked | mean rows/commit |"
+        "| rows == acked | mean rows/commit | slowest commit ≤ s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {load} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
         f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {cpu * 1000 / k:.1f} "
         f"| {cpu / res['elapsed']:.2f} | {res['client_cpu'] * 1000 / k:.1f} | {load0:.1f} → {load1:.1f} "
-        f"| {res['errors']} | {rows == res['acked']} ({rows:,}) | {mean_group:,.0f} |"
+        f"| {res['errors']} | {rows == res['acked']} ({rows:,}) | {mean_group:,.0f} | {slowest:g} |"
     )
     if export:
         print(
