@@ -257,6 +257,11 @@ class VideoSummary(_Record):
     """Frames showing the same marker sequence number as the previous frame (a frozen picture)."""
     marker_skipped_frames: int | None = None
     """Sequence numbers never seen between two decoded markers (frames lost before display)."""
+    marker_freeze_count: int | None = None
+    """Content freezes: the W3C freeze rule applied to the times the marker *changed* (a picture that
+    stands still while frames keep arriving counts here, not in freezeCount)."""
+    marker_frozen_s: float | None = None
+    """Total duration of those content freezes, seconds."""
     latency_p50_ms: float | None = None
     """Glass-to-glass latency (decode time − marker capture time), median, ms."""
     latency_p95_ms: float | None = None
@@ -269,7 +274,7 @@ class VideoSummary(_Record):
     def __post_init__(self) -> None:
         for name in ("framesReceived", "keyframesReceived", "freezeCount", "pauseCount", "marker_frames"):
             _int(getattr(self, name), name, optional=False)
-        for name in ("framesDecoded", "marker_repeated_frames", "marker_skipped_frames"):
+        for name in ("framesDecoded", "marker_repeated_frames", "marker_skipped_frames", "marker_freeze_count"):
             _int(getattr(self, name), name)
         for name in ("totalFreezesDuration", "totalPausesDuration", "watch_time_s"):
             _num(getattr(self, name), name, optional=False, hi=86_400)
@@ -282,6 +287,7 @@ class VideoSummary(_Record):
         _int(self.height, "height", lo=1, hi=16384)
         for name in ("latency_p50_ms", "latency_p95_ms"):
             _num(getattr(self, name), name, lo=-86_400_000, hi=86_400_000)
+        _num(self.marker_frozen_s, "marker_frozen_s", hi=86_400)
         _need(self.latency_clock in (None, "same_host", "ntp"), "latency_clock", "must be same_host or ntp")
 
 

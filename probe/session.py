@@ -381,7 +381,7 @@ class Session:
         out = ["rtt_ms"]  # a receive-only aiortc peer gets no RTT from RTCP (only the sender computes it)
         if not self.opts.decode:
             out += ["framesDecoded", "latency_p50_ms", "latency_p95_ms", "marker_repeated_frames",
-                    "marker_skipped_frames"]
+                    "marker_skipped_frames", "marker_freeze_count", "marker_frozen_s"]
         return tuple(out)
 
     def _video_summary(self, end_ms: float) -> VideoSummary:
@@ -411,6 +411,8 @@ class Session:
             marker_frames=v.marker_frames,
             marker_repeated_frames=v.marker_repeated if decode else None,
             marker_skipped_frames=v.marker_skipped if decode else None,
+            marker_freeze_count=v.marker_freezes.totals("freeze")[0] if decode else None,
+            marker_frozen_s=round(v.marker_freezes.totals("freeze")[1], 3) if decode else None,
             latency_p50_ms=_round(percentile(v.latencies_ms, 50)),
             latency_p95_ms=_round(percentile(v.latencies_ms, 95)),
             latency_clock=self.latency_clock if v.latencies_ms else None,

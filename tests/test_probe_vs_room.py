@@ -79,13 +79,14 @@ async def test_ttff_is_consistent_with_the_rooms_first_frame() -> None:
     assert j.signaling_ms <= j.ice_connected_ms <= j.dtls_connected_ms <= j.first_rtp_ms
     assert j.first_rtp_ms <= j.first_keyframe_ms <= j.ttff_ms
     # the room's first video packet is a keyframe, sent at once; the probe assembles that keyframe after
-    # the room sent its first packet, and loopback delivery of one frame takes well under 150 ms
+    # the room sent its first packet (ordering is the claim; delivery takes tens of ms on loopback, the
+    # 1 s bound only tolerates a machine loaded by other work)
     t0 = started_ms(report)
     first_sent = truth["first_video_packet"]["wall_ms"]
     assert truth["first_keyframe"]["wall_ms"] == pytest.approx(first_sent, abs=1.0)
     keyframe_wall = t0 + j.first_keyframe_ms
     # started_at has ms resolution: allow 2 ms of rounding
-    assert -2.0 <= keyframe_wall - first_sent <= 150.0
+    assert -2.0 <= keyframe_wall - first_sent <= 1000.0
 
 
 async def test_marker_latency_is_sane_on_loopback() -> None:
@@ -245,3 +246,29 @@ async def test_udp_receive_buffer_is_enlarged() -> None:
         report = await session.run()
     assert report.failure is None, report.failure_message
     assert session.rcvbuf_bytes is not None and session.rcvbuf_bytes >= 1_000_000
+
+
+async def test_content_freeze_shows_as_repeated_markers_not_as_a_w3c_freeze() -> None:
+    # the picture stands still for 1.5 s while frames keep arriving at 30 fps: the W3C freeze rule
+    # (frame arrival) sees nothing; the marker sees the same frame repeated, as the room recorded
+    scenario = {"rooms": [small("stuck")], "impairments": [{"room_at_ms": 2500, "repeat_ms": 1500}]}
+    config = parse_scenario(scenario).server_config()
+    async with RoomServer(config) as server:
+        report = await run_session(ProbeOptions(url=server.whep_url("stuck"), duration_s=6))
+        truth = server.rooms["stuck"].truth()
+    v = report.summary.video
+    assert report.failure is None and v is not None
+    (stuck,) = truth["content_freezes"]
+    viewer = truth["viewers"][-1]
+    assert viewer["marker_repeated_frames"] == stuck["frames_repeated"] > 30
+    # every repeated frame the room sent was decoded and recognised as a repeat (a frame may be lost
+    # to a decode-queue race at most rarely; none is lost on loopback)
+    assert v.marker_repeated_frames == pytest.approx(stuck["frames_repeated"], abs=2)
+    assert v.freezeCount == 0  # frames kept coming: not a W3C freeze
+    repeats = [e for e in report.events if e.type == "marker_repeat"]
+    assert len(repeats) == 1 and v.marker_freeze_count == 1
+    held_ms = float(repeats[0].detail["duration_ms"])
+    # the content stood still from the held frame to the first fresh one (capture times in the truth)
+    assert held_ms == pytest.approx(stuck["end_ms"] - stuck["start_ms"], abs=150)
+    assert v.marker_frozen_s == pytest.approx(held_ms / 1000, abs=0.01)
+    assert repeats[0].t_s * 1000 == pytest.approx(stuck["start_ms"] - started_ms(report), abs=300)
