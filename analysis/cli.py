@@ -7,6 +7,7 @@ Sources: ``--db FILE`` (the collector's DuckDB file), ``--events FILE.ndjson`` (
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from datetime import UTC, datetime
@@ -20,7 +21,8 @@ from analysis.aggregates import Aggregates
 from analysis.events_table import EventTable
 from analysis.load import LoadError, from_ndjson
 from analysis.pipeline import AnalysisError, run_analysis
-from analysis.probe_reports import empty_probes, probe_end, probes_from_duckdb
+from analysis.probe_reports import empty_probes, probe_end, probes_from_duckdb, probes_from_ndjson
+from analysis.remote import fetch_to_files
 from analysis.report_html import write_report
 from analysis.sql_aggregate import aggregate_duckdb, default_window
 
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--db", type=Path, help="collector DuckDB file")
     src.add_argument("--events", type=Path, help="NDJSON export of viewer events")
-    src.add_argument("--collector", help="collector base URL (needs --token)")
+    src.add_argument("--collector", help="collector base URL (needs --token; downloads via GET /v1/events and /v1/reports)")
     p.add_argument("--token", help="collector read token")
     p.add_argument(
         "--from", dest="from_ms", type=_parse_time, help="window start (RFC 3339 or ms); default: first event"
@@ -67,16 +69,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"[analyze {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     try:
-        if args.collector:
-            if not args.token:
-                raise LoadError("--collector needs --token")
-            raise LoadError(
-                "reading from the collector's API is not implemented yet; export the events "
-                "(--events FILE.ndjson) or point --db at the collector's DuckDB file"
-            )
         source: EventTable | Aggregates
         probes = empty_probes()
-        if args.db:
+        if args.collector:
+            if not args.token:
+                raise LoadError("--collector needs --token (a reader or analysis token)")
+            to_ms = args.to_ms if args.to_ms is not None else int(time.time() * 1000)
+            fetch_from = args.from_ms if args.from_ms is not None else to_ms - DEFAULT_REMOTE_WINDOW_MS
+            progress(f"downloading events and probe reports from {args.collector}")
+            download = args.out / "download"
+            # events up to 7 days after the window too: they tell who came back (return rates)
+            events_file, reports_file = asyncio.run(fetch_to_files(
+                args.collector, args.token, fetch_from, to_ms + RETURN_LOOKAHEAD_MS, download))
+            table = from_ndjson(events_file)
+            in_window = table.t_ms[table.t_ms < to_ms] if table.n else table.t_ms
+            if in_window.size == 0:
+                raise AnalysisError(f"the collector has no viewer events between {_iso(fetch_from)} and {_iso(to_ms)}")
+            # like --db/--events: without --from the window starts at the first event
+            from_ms = args.from_ms if args.from_ms is not None else int(in_window.min())
+            try:
+                probes = probes_from_ndjson(reports_file, from_ms, to_ms)
+            except ValueError as e:
+                raise LoadError(str(e)) from None
+            progress(f"{table.n} events, {probes.n} probe reports downloaded; analysing")
+            source = table
+        elif args.db:
             # the sums the analysis needs are computed inside DuckDB; events never become Python rows
             window = default_window(args.db, args.from_ms)
             if window is None:
@@ -126,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 PROBE_GRACE_MS = 10 * 60_000
+DEFAULT_REMOTE_WINDOW_MS = 3 * 3_600_000
+"""``--collector`` without ``--from``: download the last 3 hours; the window starts at the first event."""
+RETURN_LOOKAHEAD_MS = 7 * 86_400_000
+
+
+def _iso(t_ms: int) -> str:
+    return datetime.fromtimestamp(t_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _with_probes(db: Path, from_ms: int, viewer_end_ms: int) -> int:

@@ -127,3 +127,43 @@ def probe_end(path: Path, started_from_ms: int, started_before_ms: int) -> int |
     finally:
         con.close()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def probes_from_ndjson(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
+    """Reports (wire format, one JSON object a line, as ``GET /v1/reports`` exports them) whose session
+    started in [from_ms, to_ms). A line that is not a report raises ``ValueError`` naming the line."""
+    import json
+    from datetime import datetime
+
+    rows: list[tuple[Any, ...]] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                started = int(datetime.fromisoformat(r["started_at"].replace("Z", "+00:00")).timestamp() * 1000)
+                s = r["summary"]
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}:{n}: not a probe report ({e})") from None
+            if not from_ms <= started < to_ms:
+                continue
+            video = s.get("video") or {}
+            loss = [st.get("loss_pct") for st in s.get("streams", []) if st.get("kind") == "video"]
+            labels = r.get("labels") or {}
+            rows.append((started, r.get("duration_s"), r.get("failure") is not None, s["join"].get("ttff_ms"),
+                         video.get("stall_ratio"), loss[0] if loss else None, video.get("hd_share"),
+                         r.get("region") or UNKNOWN, *(labels.get(k, UNKNOWN) for k in LABEL_KEYS)))
+    if not rows:
+        return empty_probes()
+    rows.sort(key=lambda row: row[0])
+    cols = list(zip(*rows, strict=True))
+
+    def f64(i: int) -> NDArray[np.float64]:
+        return np.array([np.nan if v is None else v for v in cols[i]], dtype=np.float64)
+
+    dims = {"region": [str(x) for x in cols[7]]}
+    for j, k in enumerate(LABEL_KEYS):
+        dims[k] = [str(x) for x in cols[8 + j]]
+    return ProbeTable(np.array(cols[0], dtype=np.int64), f64(1), np.array(cols[2], dtype=bool), f64(3), f64(4),
+                      f64(5), f64(6), dims)
