@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--db", type=Path, help="collector DuckDB file")
     src.add_argument("--events", type=Path, help="NDJSON export of viewer events")
-    src.add_argument("--collector", help="collector base URL (needs --token; downloads via GET /v1/events and /v1/reports)")
+    src.add_argument("--collector", help="collector base URL (needs --token; reads GET /v1/events, /v1/reports)")
     p.add_argument("--token", help="collector read token")
     p.add_argument(
         "--from", dest="from_ms", type=_parse_time, help="window start (RFC 3339 or ms); default: first event"
