@@ -100,6 +100,7 @@ async def _stream(request: web.Request, sql: str) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": _NDJSON, "X-Request-Id": request.get(REQ_ID, "")})
     resp.enable_chunked_encoding()
     lines = 0
+    closed = False
     try:
         await resp.prepare(request)
         while True:
@@ -108,9 +109,11 @@ async def _stream(request: web.Request, sql: str) -> web.StreamResponse:
                 break
             lines += len(rows)
             await resp.write(("\n".join([r[0] for r in rows]) + "\n").encode())
+        closed = True
+        await in_pool(result.close)
         await resp.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
-        raise  # the client went away: nothing to tell it
+    except ConnectionError:
+        log.info("export_client_gone", path=request.path, lines=lines)  # nobody left to tell
     except Exception:
         # the status line is gone: say it in the log and cut the body short (no chunked terminator)
         log.exception("export_failed", path=request.path, lines=lines)
@@ -118,5 +121,8 @@ async def _stream(request: web.Request, sql: str) -> web.StreamResponse:
             request.transport.close()
     finally:
         request[REQ_ITEMS] = lines
-        await in_pool(result.close)
+        if not closed:
+            # not awaited: on cancellation (the client left) a fetch may still run on the pool;
+            # close() waits for it on the stream's lock
+            in_pool(result.close)
     return resp

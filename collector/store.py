@@ -91,15 +91,22 @@ class ResultStream:
     def __init__(self, cursor: Any, on_close: Callable[[Any], None]) -> None:
         self._cur = cursor
         self._on_close = on_close
+        self._lock = threading.Lock()  # a cursor refuses a second call while one runs
+        self._closed = False
 
     def fetchmany(self, n: int) -> list[tuple[Any, ...]]:
-        """Up to ``n`` more rows; an empty list at the end."""
-        return list(self._cur.fetchmany(n))
+        """Up to ``n`` more rows; an empty list at the end (or once closed)."""
+        with self._lock:
+            return [] if self._closed else list(self._cur.fetchmany(n))
 
     def close(self) -> None:
-        """Release the cursor (idempotent)."""
-        self._on_close(self._cur)
-        self._cur.close()
+        """Release the cursor, after a fetch still running on another thread (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._cur.close()
+            self._closed = True
+            self._on_close(self._cur)  # only once closed: Store.close() closes whatever is left
 
 
 class Store:

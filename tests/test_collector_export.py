@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from collector.app import create_app
 from collector.events import event_from_dict
@@ -106,3 +107,38 @@ async def test_bad_parameters_are_a_clear_400(client: Any, path: str, query: str
 async def test_export_roles(client: Any, path: str, token: str | None, status: int) -> None:
     r = await client.get(f"{path}?from=0&to=1", headers=auth(token) if token else {})
     assert r.status == status
+
+
+async def test_client_leaving_mid_export_releases_the_cursor(client: Any) -> None:
+    import asyncio
+
+    from collector.export import FETCH_ROWS
+    from collector.state import STORE
+
+    n = FETCH_ROWS * 4
+    await _post_events(client, [event(i, t_ms=T0_MS + i) for i in range(n)])
+    store = client.server.app[STORE]
+    cursors_before = len(store._cursors)
+    with structlog.testing.capture_logs() as logs:
+        await _leave_mid_export(client)
+        for _ in range(200):
+            if len(store._cursors) == cursors_before:
+                break
+            await asyncio.sleep(0.01)
+    assert len(store._cursors) == cursors_before
+    # the handler was cancelled mid-fetch: closing the cursor waited for the fetch instead of failing
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    r = await client.get(f"/v1/events?from={T0_MS}&to={T0_MS + 10}", headers=auth(READER))
+    assert r.status == 200 and len((await r.text()).splitlines()) == 10
+
+
+async def _leave_mid_export(client: Any) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"GET /v1/events?from=0&to={2**62} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READER}\r\n\r\n"
+                 .encode())  # fmt: skip
+    await writer.drain()
+    assert (await reader.readexactly(12)) == b"HTTP/1.1 200"
+    await reader.read(4096)
+    writer.transport.abort()  # gone, with megabytes still to come
