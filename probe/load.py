@@ -3,7 +3,9 @@
 N sessions are spread over P worker processes (each an asyncio loop running its share concurrently,
 joins staggered); every session produces a normal report. The fleet summary gives joins by outcome,
 TTFF percentiles, freezes, fps, and the CPU each process used (CPU-seconds per wall-second, from
-``resource.getrusage`` of the worker), so capacity is measured, not guessed.
+``resource.getrusage`` of the worker), so capacity is measured, not guessed: ``cpu_pct_per_probe``
+over the whole run (joins and leaves included) and ``cpu_pct_per_probe_steady`` over the window in
+which every session is joined (what a long monitoring session costs).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ class WorkerResult:
     cpu_s: float
     """User + system CPU seconds this worker process used while its sessions ran."""
     wall_s: float
+    steady_cpu_s: float | None = None
+    """CPU seconds over the steady window (all joined, none leaving), None if the sessions are too short."""
+    steady_wall_s: float | None = None
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 async def _run_many(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
@@ -44,17 +54,34 @@ async def _run_many(url: str, n: int, duration_s: float, decode: bool, stagger_s
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def _steady_window(n: int, duration_s: float, stagger_s: float) -> tuple[float, float] | None:
+    """CPU and wall seconds between "every session has joined (+3 s)" and "1 s before the first leaves"."""
+    start = (n - 1) * stagger_s + 3.0
+    end = duration_s - 1.0
+    if end - start < 2.0:
+        return None
+    await asyncio.sleep(start)
+    c0, t0 = _cpu(), time.monotonic()
+    await asyncio.sleep(end - start)
+    return _cpu() - c0, time.monotonic() - t0
+
+
+async def _run_with_steady(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
+                           labels: dict[str, str], first_index: int) -> tuple[list[dict[str, Any]], Any]:
+    steady = asyncio.ensure_future(_steady_window(n, duration_s, stagger_s))
+    reports = await _run_many(url, n, duration_s, decode, stagger_s, labels, first_index)
+    return reports, await steady
+
+
 def _worker(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
             labels: dict[str, str], first_index: int) -> WorkerResult:
     import logging
 
     logging.disable(logging.WARNING)  # a fleet's per-session warnings would drown the summary
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.monotonic()
-    reports = asyncio.run(_run_many(url, n, duration_s, decode, stagger_s, labels, first_index))
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return WorkerResult(reports, cpu, time.monotonic() - t0)
+    c0, t0 = _cpu(), time.monotonic()
+    reports, steady = asyncio.run(_run_with_steady(url, n, duration_s, decode, stagger_s, labels, first_index))
+    cpu = _cpu() - c0
+    return WorkerResult(reports, cpu, time.monotonic() - t0, *(steady or (None, None)))
 
 
 def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decode: bool = True,
@@ -103,9 +130,19 @@ def summarize(results: list[WorkerResult], *, probes: int, wall_s: float, decode
         "cpu_s": round(cpu_s, 2),
         "session_wall_s": round(session_wall, 2),
         "cpu_pct_per_probe": round(100.0 * cpu_s / session_wall / probes, 2) if session_wall and probes else None,
+        "cpu_pct_per_probe_steady": _steady_pct(results, probes),
         "wall_s": round(wall_s, 2),
         "reports": reports,
     }
+
+
+def _steady_pct(results: list[WorkerResult], probes: int) -> float | None:
+    """CPU % of a core per probe while all sessions are joined: Σ worker CPU / mean window / probes."""
+    if not probes or any(w.steady_cpu_s is None or not w.steady_wall_s for w in results):
+        return None
+    cpu = sum(w.steady_cpu_s or 0.0 for w in results)
+    wall = sum(w.steady_wall_s or 0.0 for w in results) / len(results)
+    return round(100.0 * cpu / wall / probes, 2)
 
 
 def _mean(xs: list[float]) -> float | None:

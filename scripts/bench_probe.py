@@ -75,7 +75,8 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
     skipped = sum(e.get("ticks_skipped", 0) for e in after["encoders"].values()) - skipped0
     return {
         "mode": summary["mode"], "probes": probes, "processes": processes, "joined": summary["joined"],
-        "cpu_pct_per_probe": summary["cpu_pct_per_probe"], "fps_mean": summary["fps_mean"],
+        "cpu_pct_per_probe": summary["cpu_pct_per_probe"],
+        "cpu_steady": summary["cpu_pct_per_probe_steady"], "fps_mean": summary["fps_mean"],
         "false_freezes": summary["freezes_total"], "probes_with_freezes": summary["probes_with_freezes"],
         "ttff_p50_ms": summary["ttff_p50_ms"], "loss_pct": summary["loss_pct_mean"],
         "room_cpu_pct": round(100 * room_cpu, 1), "room_ticks_skipped": skipped,
@@ -83,17 +84,47 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
     }
 
 
+def _chromium_cpu_s() -> float:
+    """CPU seconds so far of every process of the reference viewer's Chromium (its profile dir is
+    named sq-chromium-*), from /proc."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if b"sq-chromium-" in (d / "cmdline").read_bytes():
+                total += cpu_seconds(int(d.name))
+        except OSError:
+            continue  # the process ended meanwhile
+    return total
+
+
 def chromium_reference(url: str, duration: float) -> dict[str, Any] | None:
+    """One headless Chromium viewer (scripts/reference_viewer) on the same stream: its CPU % of a core
+    over the steady part of the session (all its processes, sampled from /proc), fps and freezes."""
     viewer = ROOT / "scripts" / "reference_viewer"
     if not viewer.exists() or shutil.which("chromium") is None:
         return None
     out = Path("/tmp") / f"bench_chromium_{os.getpid()}.json"
-    res = subprocess.run([str(viewer), url, "--duration", str(duration), "--out", str(out)],
-                         capture_output=True, timeout=duration + 120)
-    if res.returncode != 0 or not out.exists():
-        return {"error": res.stderr.decode()[-300:]}
+    proc = subprocess.Popen([str(viewer), url, "--duration", str(duration), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(min(5.0, duration / 3))  # Chromium starts and joins
+    c0, t0 = _chromium_cpu_s(), time.monotonic()
+    time.sleep(max(1.0, duration - min(5.0, duration / 3) - 2.0))
+    c1, t1 = _chromium_cpu_s(), time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=duration + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return {"error": "reference viewer did not finish"}
+    if proc.returncode != 0 or not out.exists():
+        return {"error": err.decode()[-300:]}
     data = json.loads(out.read_text())
-    return {"cpu_pct": data.get("cpu_pct"), "fps": data.get("fps"), "freezeCount": data.get("freezeCount")}
+    final = data.get("final") or {}
+    frames = final.get("framesDecoded")
+    return {"cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 2), "framesDecoded": frames,
+            "fps": round(frames / duration, 2) if frames else None, "freezeCount": final.get("freezeCount"),
+            "ttff_ms": data.get("ttff_ms"), "chromium": data.get("chromium")}
 
 
 def fmt(v: Any) -> str:
@@ -133,7 +164,7 @@ def main() -> int:
     finally:
         room.terminate()
         room.wait(10)
-    cols = ["mode", "probes", "processes", "joined", "cpu_pct_per_probe", "fps_mean", "false_freezes",
+    cols = ["mode", "probes", "processes", "joined", "cpu_pct_per_probe", "cpu_steady", "fps_mean", "false_freezes",
             "probes_with_freezes", "ttff_p50_ms", "loss_pct", "room_cpu_pct", "room_ticks_skipped"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
