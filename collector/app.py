@@ -20,9 +20,11 @@ from collector.auth import TokenTable
 from collector.config import CollectorConfig
 from collector.errors import ApiError
 from collector.instruments import CollectorMetrics
+from collector.parse_pool import ParsePool
 from collector.state import (
     CONFIG,
     METRICS,
+    PARSE_POOL,
     READ_POOL,
     REQ_ID,
     REQ_ITEMS,
@@ -163,6 +165,21 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("store_closed", path=cfg.db_path)
 
 
+async def _parse_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    workers = app[CONFIG].ingest_workers
+    if not workers:
+        yield
+        return
+    pool = ParsePool(workers)
+    try:
+        await pool.warm_up()
+        app[PARSE_POOL] = pool
+        log.info("parse_pool_started", workers=workers)
+        yield
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+
 def create_app(config: CollectorConfig, *, wall_ms: Callable[[], int] | None = None) -> web.Application:
     """The collector application. ``config.tokens`` must be set (see ``config.with_dev_tokens``).
 
@@ -178,5 +195,6 @@ def create_app(config: CollectorConfig, *, wall_ms: Callable[[], int] | None = N
     app[WALL_MS] = wall_ms or (lambda: int(time.time() * 1000))
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_parse_pool_ctx)
     app.cleanup_ctx.append(_store_ctx)
     return app

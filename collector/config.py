@@ -12,6 +12,7 @@ reference; the example below is complete::
     max_batch_items = 50_000            # items per request → 413 above
     checkpoint_wal_bytes = 67_108_864   # DuckDB checkpoint_threshold
     group_commit_max_rows = 50_000      # rows the writer merges into one transaction
+    ingest_workers = 0                  # processes parsing event batches (0 = in the collector process)
     heartbeat_timeout_s = 60            # a session with no leave ends this long after its last event
 
     [[tokens]]
@@ -63,6 +64,8 @@ class CollectorConfig:
     max_batch_items: int = 50_000
     checkpoint_wal_bytes: int = 64 * 1024 * 1024
     group_commit_max_rows: int = 50_000
+    ingest_workers: int = 0
+    """Worker processes that parse and validate event batches (``collector.parse_pool``); 0 = inline."""
     heartbeat_timeout_s: float = 60.0
     tokens: tuple[Token, ...] = ()
     dev_tokens: bool = False
@@ -76,6 +79,7 @@ _INT_KEYS = {
     "max_batch_items": (1, 10_000_000),
     "checkpoint_wal_bytes": (1 << 20, 1 << 36),
     "group_commit_max_rows": (1, 10_000_000),
+    "ingest_workers": (0, 64),
 }
 
 

@@ -13,15 +13,17 @@ from aiohttp import web
 
 from collector.auth import require_role
 from collector.body import parse_items, read_limited
+from collector.config import Token
 from collector.errors import ApiError, field_of
 from collector.event_columns import BatchError, event_columns
+from collector.parse_pool import batch_size
 from collector.reports import REPORT_COLUMNS, report_row
-from collector.state import CONFIG, METRICS, REQ_ITEMS, REQ_TOKEN, TOKENS, WRITER
+from collector.state import CONFIG, METRICS, PARSE_POOL, REQ_ITEMS, REQ_TOKEN, TOKENS, WRITER
 from collector.store import WriteJob
 from probe.report import SCHEMA_VERSION, Report
 
 
-async def _items(request: web.Request, endpoint: str, role: str) -> tuple[list[Any], Any]:
+async def _body(request: web.Request, role: str) -> tuple[bytes, Token]:
     app = request.app
     token = app[TOKENS].authenticate(request)
     request[REQ_TOKEN] = token
@@ -30,6 +32,13 @@ async def _items(request: web.Request, endpoint: str, role: str) -> tuple[list[A
     body = await read_limited(
         request, max_body=cfg.max_body_bytes, max_decompressed=cfg.max_decompressed_bytes
     )
+    return body, token
+
+
+async def _items(request: web.Request, endpoint: str, role: str) -> tuple[list[Any], Token]:
+    app = request.app
+    cfg = app[CONFIG]
+    body, token = await _body(request, role)
     try:
         items, _ = parse_items(body, request.content_type if request.body_exists else "",
                                max_items=cfg.max_batch_items)  # fmt: skip
@@ -48,11 +57,25 @@ def _reject(request: web.Request, endpoint: str, n: int, i: int, e: ValueError) 
 
 async def post_events(request: web.Request) -> web.Response:
     """Store a batch of viewer events (JSON array, one object, or NDJSON)."""
-    items, _ = await _items(request, "events", "platform")
+    pool = request.app.get(PARSE_POOL)
+    if pool is None:
+        items, _ = await _items(request, "events", "platform")
+        try:
+            columns = event_columns(items)
+        except BatchError as e:
+            raise _reject(request, "events", len(items), e.index, e) from None
+        return await _commit(request, "events", WriteJob("events", events=columns))
+    body, _ = await _body(request, "platform")
+    cfg = request.app[CONFIG]
     try:
-        columns = event_columns(items)
+        n, columns = await pool.events(body, request.content_type if request.body_exists else "",
+                                       cfg.max_batch_items)  # fmt: skip
+    except ApiError:
+        request.app[METRICS].items.inc(("events", "rejected"))
+        raise
     except BatchError as e:
-        raise _reject(request, "events", len(items), e.index, e) from None
+        raise _reject(request, "events", batch_size(e) or 0, e.index, e) from None
+    request[REQ_ITEMS] = n
     return await _commit(request, "events", WriteJob("events", events=columns))
 
 

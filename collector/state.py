@@ -10,6 +10,7 @@ from aiohttp import web
 from collector.auth import TokenTable
 from collector.config import CollectorConfig, Token
 from collector.instruments import CollectorMetrics
+from collector.parse_pool import ParsePool
 from collector.store import Store
 from collector.writer import GroupCommitWriter
 
@@ -19,6 +20,8 @@ METRICS = web.AppKey("metrics", CollectorMetrics)
 STORE = web.AppKey("store", Store)
 WRITER = web.AppKey("writer", GroupCommitWriter)
 READ_POOL = web.AppKey("read_pool", concurrent.futures.ThreadPoolExecutor)
+PARSE_POOL = web.AppKey("parse_pool", ParsePool)
+"""Present only when ``ingest_workers`` > 0."""
 WallClock = Callable[[], int]
 WALL_MS: web.AppKey[WallClock] = web.AppKey("wall_ms")
 

@@ -50,3 +50,33 @@ def test_events_and_reports_in_one_group_with_a_resent_event(tmp_path: Path) -> 
     assert res[0].new == 1 and res[1] == InsertResult(new=1, duplicate=1)
     assert store.count("probe_reports") == 1 and store.count("viewer_events") == 2
     store.close()
+
+
+def test_parse_pool_packing_round_trips() -> None:
+    """What a worker sends back unpacks to the columns (and errors) of inline parsing."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from collector.errors import ApiError
+    from collector.event_columns import BatchError
+    from collector.parse_pool import batch_size, parse_events, unpack
+
+    items = [event(0), {**event(1, type="qoe", stall_count=2, height=720), "region": None}, event(2)]
+    del items[2]["cdn"]
+    n, got = unpack(parse_events(json.dumps(items).encode(), "application/json", 100))
+    want = event_columns(items).columns
+    assert n == 3 and got.columns.keys() == want.keys()
+    for k, v in want.items():
+        if v.dtype == object:
+            assert list(got.columns[k]) == list(v), k
+        else:
+            assert np.array_equal(got.columns[k], v, equal_nan=v.dtype.kind == "f"), k
+    bad = [event(0), {**event(1), "height": 0}]
+    with pytest.raises(BatchError) as info:
+        unpack(parse_events(json.dumps(bad).encode(), "application/json", 100))
+    assert (info.value.index, str(info.value), batch_size(info.value)) == (1, "height: must be in [1, 16384]", 2)
+    with pytest.raises(ApiError) as api:
+        unpack(parse_events(b"[1, 2, 3]", "application/json", 2))
+    assert api.value.status == 413
