@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from collector.app import create_app
 from collector.state import CONFIG, PARSE_POOL, STORE
@@ -92,3 +93,24 @@ def test_workers_exit_when_the_collector_is_killed(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
         time.sleep(0.1)
     assert not [c for c in children if Path(f"/proc/{c}").exists()]
+
+
+async def test_a_dead_worker_is_replaced(aiohttp_client: Any, tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import signal
+
+    app = create_app(config(str(tmp_path / "c.duckdb"), ingest_workers=1), wall_ms=lambda: T0_MS)
+    client = await aiohttp_client(app)
+    before = set(_children(os.getpid()))
+    pool = app[PARSE_POOL]
+    workers = [p.pid for p in pool._pool._processes.values()]  # the executor's own record of its workers
+    assert workers and set(workers) <= before
+    os.kill(workers[0], signal.SIGKILL)
+    await asyncio.sleep(0.5)  # the executor notices and marks itself broken
+    with structlog.testing.capture_logs() as logs:
+        for i in range(3):  # the first request is parsed inline while the pool is replaced
+            reply = await _post(client, json.dumps([event(i)]).encode())
+            assert reply == (200, {"accepted": 1, "new": 1, "duplicate": 0})
+    assert [e["event"] for e in logs if e["event"] == "parse_pool_broken"] == ["parse_pool_broken"]
+    assert [p.pid for p in pool._pool._processes.values()] != workers
