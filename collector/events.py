@@ -24,8 +24,8 @@ from typing import Any
 EVENT_TYPES = ("join", "leave", "heartbeat", "qoe")
 DIMENSIONS = ("region", "isp", "cdn", "device", "app_version", "room")
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_DIM = re.compile(r"^[^\x00-\x1f]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")  # \Z: "$" would also accept a trailing newline
+_DIM = re.compile(r"^[^\x00-\x1f]{1,64}\Z")
 # (name, lo, hi) for the optional numeric QoE fields
 _QOE_FIELDS: tuple[tuple[str, float, float], ...] = (
     ("startup_ms", 0, 600_000),
