@@ -242,3 +242,42 @@ def test_event_columns_fast_path_taken_for_typical_batches() -> None:
     assert _fast([event(i, type="qoe", stall_ms=1.5, height=720) for i in range(50)]) is not None
     with_t_ms = [{**{k: v for k, v in event(i).items() if k != "t"}, "t_ms": T0_MS + i} for i in range(50)]
     assert _fast(with_t_ms) is not None
+
+
+def _outcome(fn: Any) -> Any:
+    import numpy as np
+
+    from collector.errors import ApiError
+    from collector.event_columns import BatchError
+
+    try:
+        n, cols = fn()
+    except ApiError as e:
+        return ("api", e.status, e.message, e.item, e.field)
+    except BatchError as e:
+        return ("batch", e.index, str(e))
+    return ("ok", n, {k: [None if isinstance(x, float) and np.isnan(x) else x for x in v.tolist()]
+                      for k, v in cols.columns.items()})  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=bodies
+    | st.lists(plausible_events() | mutated_events(), min_size=1, max_size=5).map(
+        lambda b: json.dumps(b, allow_nan=True).encode()
+    ),
+    ndjson=st.booleans(),
+)
+def test_worker_packing_matches_inline(body: bytes, ndjson: bool) -> None:
+    """What an ingest worker sends back unpacks to exactly the inline result or error."""
+    from collector.body import parse_items
+    from collector.event_columns import event_columns
+    from collector.parse_pool import parse_events, unpack
+
+    ctype = "application/x-ndjson" if ndjson else "application/json"
+
+    def inline() -> Any:
+        items, _ = parse_items(body, ctype, max_items=4)
+        return len(items), event_columns(items)
+
+    assert _outcome(lambda: unpack(parse_events(body, ctype, 4))) == _outcome(inline)
