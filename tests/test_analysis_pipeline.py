@@ -75,7 +75,7 @@ def test_cli_writes_report_from_ndjson(tmp_path: Path) -> None:
     "argv, message",
     [
         (["--db", "/nonexistent/x.duckdb"], "no such file"),
-        (["--collector", "http://127.0.0.1:9", "--token", "t"], "not implemented"),
+        (["--collector", "http://127.0.0.1:9", "--token", "t"], "is not reachable"),
         (["--collector", "http://127.0.0.1:9"], "--token"),
     ],
 )

@@ -340,8 +340,9 @@ async def test_content_freeze_repeats_one_picture_while_frames_keep_flowing(sess
     (v,) = truth["viewers"]
     assert cf["rendition"] == "360p"
     # the first tick in the window is held, the first tick after it is fresh (late on a loaded machine)
-    assert 0 <= cf["start_ms"] - cf["scheduled_start_ms"] <= 250
-    assert 0 <= cf["end_ms"] - cf["scheduled_end_ms"] <= 250
+    # (start_ms/end_ms are marker capture times, whole ms: truncation puts them up to 1 ms early)
+    assert -1 <= cf["start_ms"] - cf["scheduled_start_ms"] <= 250
+    assert -1 <= cf["end_ms"] - cf["scheduled_end_ms"] <= 250
     assert 15 <= cf["frames_repeated"] <= 30  # ~1 s at 30 fps, minus skipped ticks
     assert v["marker_repeated_frames"] == cf["frames_repeated"]  # joined before, stayed after: saw all of it
     # the viewer decoded the same marker again and again, at the normal frame rate
