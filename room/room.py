@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
-from room import fastsend, ice
+from probe import ice
+from room import fastsend
 from room.config import RoomConfig
 from room.encoder import SharedAudioEncoder, SharedVideoEncoder
 from room.schedule import Refusal, labels_match

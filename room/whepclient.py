@@ -22,8 +22,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from probe import marker
-from room import ice
+from probe import ice, marker
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 
-from room import ice
+from probe import ice
 from room.config import Rendition, RoomConfig, ServerConfig
 from room.schedule import Refusal
 from room.server import create_app
