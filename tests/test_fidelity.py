@@ -112,3 +112,7 @@ def test_loss(results: dict[str, dict[str, Any]], name: str, chrome_undercount_p
     # Chromium counts a packet recovered by RTX as received (part of them), never more loss than sent
     assert truth_c["loss_pct"] - chrome_undercount_pp <= chrome["loss_pct"] <= truth_c["loss_pct"] + 0.1
     assert probe["fps"] > 15 and chrome["fps"] > 15
+    # Both re-request lost retransmissions (the probe every 100 ms, as libwebrtc without an RTT
+    # estimate), so random loss repaired by NACK/RTX is not a freeze for either; a freeze needs the same
+    # packet lost about three times in a row (rare, and independent per viewer): allow one more
+    assert probe["freezeCount"] <= chrome["freezeCount"] + 1, (probe["freezes_ms"], chrome["freezes_ms"])

@@ -163,3 +163,19 @@ def test_video_stats_marker_repeats_skips_latency_and_hd_share() -> None:
     assert percentile(v.latencies_ms, 50) == pytest.approx(50.0)
     assert v.hd_share(1100.0) == pytest.approx(500 / 1100)
     assert [(w, h) for _, w, h in v.resolution_changes] == [(1280, 720), (640, 360)]
+
+
+# --- NACK re-sending ---------------------------------------------------------------------------
+def test_nack_retrier_resends_every_interval_up_to_the_limit_and_forgets_recovered() -> None:
+    from probe.tap import NackRetrier
+
+    r = NackRetrier(retry_ms=100, max_retries=3)
+    missing = {10, 11}
+    assert r.due(missing, 0.0) == []  # aiortc NACKed them when it saw the gap
+    assert r.due(missing, 50.0) == []
+    assert r.due(missing, 100.0) == [10, 11]
+    missing.discard(10)  # the retransmission of 10 arrived
+    assert r.due(missing, 200.0) == [11]
+    assert r.due(missing, 300.0) == [11]
+    assert r.due(missing, 400.0) == []  # three retries spent
+    assert r.due(set(), 500.0) == [] and r._state == {}
