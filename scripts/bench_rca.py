@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Root-cause localization on the RS live-streaming stall benchmark (135 real incidents).
 
-    scripts/bench_rca.py --data /work/shared/datasets/rs-live-stalls [--split all|even|odd]
+    scripts/bench_rca.py [--data ../shared/datasets/rs-live-stalls] [--split all|even|odd]
 
 Reads the data in place (never copies it). Scoring as in the localization literature (README of the
 data set): a predicted slice counts only if its attribute combination equals a true slice exactly;
@@ -122,24 +122,17 @@ def _key(s: dict[str, str]) -> frozenset[tuple[str, str]]:
     return frozenset(s.items())
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/datasets/rs-live-stalls"))
-    ap.add_argument("--split", choices=["all", "even", "odd"], default="all")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
-    labels_path = args.data / "anomaly.yaml"
-    if not labels_path.is_file():
-        print(f"error: {labels_path} not found (is --data the rs-live-stalls directory?)", file=sys.stderr)
-        return 2
-    incidents = load_labels(labels_path)
-    if args.split != "all":
-        incidents = incidents[(0 if args.split == "even" else 1) :: 2]
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "rs-live-stalls"
+"""The dataset where the workplace keeps it: shared/ beside the repository (never copied into it)."""
+
+
+def evaluate(data: Path, incidents: list[Incident], verbose: bool = False) -> dict[str, float]:
+    """Micro precision/recall/F1 of the top-ranked set, top-k exact-set accuracy, seconds per incident."""
     tp = fp = fn = 0
     hits = {1: 0, 3: 0, 5: 0}
     times: list[float] = []
     for inc in incidents:
-        grid = load_grid(args.data / f"{inc.name}.csv")
+        grid = load_grid(data / f"{inc.name}.csv")
         t0 = time.perf_counter()
         ranked = predict(grid, inc.timestamp)
         times.append(time.perf_counter() - t0)
@@ -151,15 +144,35 @@ def main() -> int:
         for k in hits:
             if any({_key(s) for s in r} == truth for r in ranked[:k]):
                 hits[k] += 1
-        if args.verbose:
+        if verbose:
             ok = "OK " if pred == truth else "-- "
             rank = next((i for i, r in enumerate(ranked) if {_key(x) for x in r} == truth), None)
             print(ok, rank, inc.name[:28], "truth", inc.causes, "pred", ranked[:3])
     p = tp / max(tp + fp, 1)
     r = tp / max(tp + fn, 1)
-    f1 = 2 * p * r / max(p + r, 1e-12)
-    n = len(incidents)
-    ts = np.array(times)
+    n = max(len(incidents), 1)
+    return {"n": len(incidents), "precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12),
+            "top1": hits[1] / n, "top3": hits[3] / n, "top5": hits[5] / n,
+            "mean_s": float(np.mean(times)) if times else 0.0, "max_s": max(times, default=0.0)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--split", choices=["all", "even", "odd"], default="all")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    labels_path = args.data / "anomaly.yaml"
+    if not labels_path.is_file():
+        print(f"error: {labels_path} not found (is --data the rs-live-stalls directory?)", file=sys.stderr)
+        return 2
+    incidents = load_labels(labels_path)
+    if args.split != "all":
+        incidents = incidents[(0 if args.split == "even" else 1) :: 2]
+    m = evaluate(args.data, incidents, args.verbose)
+    p, r, f1, n = m["precision"], m["recall"], m["f1"], len(incidents)
+    hits = {k: m[f"top{k}"] * n for k in (1, 3, 5)}
+    ts = np.array([m["mean_s"], m["max_s"]])
     print(f"RS live stalls: {n} incidents (split={args.split})")
     print(
         f"{'method':34s} {'F1':>6s} {'P':>6s} {'R':>6s} {'top1':>6s} {'top3':>6s} {'top5':>6s} {'s/inc':>14s}"
@@ -167,7 +180,7 @@ def main() -> int:
     print(
         f"{'streamqoe scan (this repo)':34s} {f1:6.3f} {p:6.3f} {r:6.3f} "
         f"{hits[1] / n:6.1%} {hits[3] / n:6.1%} {hits[5] / n:6.1%} "
-        f"{ts.mean():.3f} (max {ts.max():.2f})"
+        f"{ts[0]:.3f} (max {ts[1]:.2f})"
     )
     print(
         f"{'RobustSpot (RiskLoc harness)':34s} {0.418:6.3f} {0.276:6.3f} {0.860:6.3f} {'':>6s} {'':>6s} {'':>6s}"
