@@ -188,7 +188,16 @@ def run(args: argparse.Namespace) -> int:
             print(analysis.stderr.decode()[-1500:], file=sys.stderr)
             return 1
         truth = json.loads((run_dir / "audience_truth.json").read_text())
-        print(f"   ground truth of the audience model: {json.dumps(truth)[:300]}")
+        report = json.loads((report_dir / "report.json").read_text())
+        found = [i for i in report.get("incidents", []) if {"region": INCIDENT_REGION} in i.get("segment", [])]
+        if found:
+            imp = found[0]["impact"]
+            ci = f"95 % CI {imp['ci_low']:.0f}–{imp['ci_high']:.0f}"
+            print(f"   check against the audience model's ground truth: {truth['viewers_lost']} viewers left "
+                  f"because of the incident; estimated {imp['viewers_lost']:.0f} ({ci})")
+        else:
+            print(f"   the analysis did not localize the incident to region={INCIDENT_REGION}; ground truth: "
+                  f"{truth['viewers_lost']} viewers lost")
         _say(f"report: {report_dir / 'report.html'}  (also report.json, winback.csv)")
         if args.keep_serving:
             collector = start("collector-2", _cmd("collector", "--config", str(collector_cfg), "--port", str(c_port)))
