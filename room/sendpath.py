@@ -176,15 +176,10 @@ class SendPath:
                 self._record_video(frame, after_freeze)
             return
         now_ms = self.clock() * 1000
-        at_ms = now_ms
-        if self._bucket is not None:
-            depart = self._bucket.admit(now_ms, len(data))
-            if depart is None:
-                self._drop(counts, "cap")
-                return
-            at_ms = depart
-        if self._delay is not None:
-            at_ms = self._delay.release_ms(at_ms)
+        at_ms = self._release_ms(now_ms, len(data))
+        if at_ms is None:
+            self._drop(counts, "cap")
+            return
         if at_ms <= now_ms and not self._line:
             await original(data)
             self._record(kind, counts, len(data), frame, after_freeze)
@@ -192,6 +187,19 @@ class SendPath:
         at_ms = max(at_ms, self._last_release_ms)
         self._last_release_ms = at_ms
         self._enqueue(at_ms, original, None, data, kind, frame, after_freeze)
+
+    def _release_ms(self, now_ms: float, size: int) -> float | None:
+        """When a packet of ``size`` bytes leaves: after the bandwidth cap's queue, then the added delay
+        and jitter; None if the cap's bounded queue drops it. Wall ms on the room clock."""
+        at_ms = now_ms
+        if self._bucket is not None:
+            depart = self._bucket.admit(now_ms, size)
+            if depart is None:
+                return None
+            at_ms = depart
+        if self._delay is not None:
+            at_ms = self._delay.release_ms(at_ms)
+        return at_ms
 
     def send_direct(self, out: SendNow, packets: list[bytes], video: bool) -> None:
         """Send one frame's RTP ``packets`` (video media or audio) through the impairments with ``out``.
@@ -229,15 +237,10 @@ class SendPath:
                 self._record(kind, counts, len(data), frame, after_freeze)
                 continue
             now_ms = self.clock() * 1000
-            at_ms = now_ms
-            if self._bucket is not None:
-                depart = self._bucket.admit(now_ms, len(data))
-                if depart is None:
-                    self._drop(counts, "cap")
-                    continue
-                at_ms = depart
-            if self._delay is not None:
-                at_ms = self._delay.release_ms(at_ms)
+            at_ms = self._release_ms(now_ms, len(data))
+            if at_ms is None:
+                self._drop(counts, "cap")
+                continue
             if at_ms <= now_ms and not self._line:
                 out(data)
                 self._record(kind, counts, len(data), frame, after_freeze)

@@ -120,79 +120,25 @@ class Link:
     # --- impairments ------------------------------------------------------------------------
     def drop_pct(self, ns: str | None, pct: float, src: str, *, udp_dport_min: int = 0) -> None:
         """Drop ``pct`` % (integer) of UDP packets from ``src`` arriving in ``ns``; count drops and passes."""
-        nft = in_ns(ns, ["nft"])
-        run([*nft, "delete", "table", "inet", NFT_TABLE], check=False)
-        run([*nft, "add", "table", "inet", NFT_TABLE])
-        run(
-            [
-                *nft,
-                "add",
-                "chain",
-                "inet",
-                NFT_TABLE,
-                "input",
-                "{ type filter hook input priority 0; policy accept; }",
-            ]
-        )
         match = ["ip", "saddr", src, "meta", "l4proto", "udp", "udp", "dport", ">=", str(udp_dport_min)]
-        run(
-            [
-                *nft,
-                "add",
-                "rule",
-                "inet",
-                NFT_TABLE,
-                "input",
-                *match,
-                "numgen",
-                "random",
-                "mod",
-                "100",
-                "<",
-                str(int(pct)),
-                "counter",
-                "drop",
-            ]
-        )
-        run([*nft, "add", "rule", "inet", NFT_TABLE, "input", *match, "counter", "accept"])
+        self._random_drop(ns, match, pct)
 
     def drop_rtp_pct(self, ns: str | None, pct: float, src: str, payload_type: int) -> None:
         """Like ``drop_pct``, but only RTP packets of ``payload_type`` (version 2 and PT read from the first
         two UDP payload bytes, which SRTP leaves in clear; RTCP's PT 200–206 never matches 0–127)."""
+        match = ["ip", "saddr", src, "meta", "l4proto", "udp", "@th,64,2", "2", "@th,73,7", str(payload_type)]
+        self._random_drop(ns, match, pct)
+
+    def _random_drop(self, ns: str | None, match: list[str], pct: float) -> None:
+        """A fresh table whose input chain drops ``pct`` % of packets matching ``match`` (nft numgen) and
+        counts the ones it lets through, so drops / (drops + passes) is the kernel's loss rate."""
         nft = in_ns(ns, ["nft"])
         run([*nft, "delete", "table", "inet", NFT_TABLE], check=False)
         run([*nft, "add", "table", "inet", NFT_TABLE])
-        run(
-            [
-                *nft,
-                "add",
-                "chain",
-                "inet",
-                NFT_TABLE,
-                "input",
-                "{ type filter hook input priority 0; policy accept; }",
-            ]
-        )
-        match = ["ip", "saddr", src, "meta", "l4proto", "udp", "@th,64,2", "2", "@th,73,7", str(payload_type)]
-        run(
-            [
-                *nft,
-                "add",
-                "rule",
-                "inet",
-                NFT_TABLE,
-                "input",
-                *match,
-                "numgen",
-                "random",
-                "mod",
-                "100",
-                "<",
-                str(int(pct)),
-                "counter",
-                "drop",
-            ]
-        )
+        chain = "{ type filter hook input priority 0; policy accept; }"
+        run([*nft, "add", "chain", "inet", NFT_TABLE, "input", chain])
+        drop = ["numgen", "random", "mod", "100", "<", str(int(pct)), "counter", "drop"]
+        run([*nft, "add", "rule", "inet", NFT_TABLE, "input", *match, *drop])
         run([*nft, "add", "rule", "inet", NFT_TABLE, "input", *match, "counter", "accept"])
 
     def drop_counters(self, ns: str | None) -> tuple[int, int]:
