@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from room.config import AudioConfig, Rendition, RoomConfig, ServerConfig
-from room.schedule import BurstLoss, Refusal, Rule
+from room.schedule import SETTING_FIELDS, BurstLoss, Refusal, Rule
 
 SCHEMA_VERSION = 1
 
@@ -30,23 +30,9 @@ _ROOM_KEYS = {
     "description",
 }
 _RENDITION_KEYS = {"name", "width", "height", "fps", "kbps"}
-_RULE_KEYS = {
-    "match",
-    "at_ms",
-    "room_at_ms",
-    "duration_ms",
-    "loss_pct",
-    "burst",
-    "delay_ms",
-    "jitter_ms",
-    "cap_kbps",
-    "queue_ms",
-    "burst_bytes",
-    "rendition",
-    "freeze_ms",
-    "repeat_ms",
-    "description",
-}
+# a rule's keys: when and for whom, each setting of room.schedule.Settings, and the two timed events
+_RULE_KEYS = {"match", "at_ms", "room_at_ms", "duration_ms", "freeze_ms", "repeat_ms", "description",
+              *SETTING_FIELDS}
 _REFUSE_KEYS = {"match", "room_from_ms", "room_to_ms", "description"}
 
 

@@ -102,8 +102,8 @@ class Settings:
         }
 
 
-# the fields a rule may set, in Settings
-_SETTING_FIELDS = (
+# the fields a rule may set, in Settings (the scenario file accepts exactly these as rule keys)
+SETTING_FIELDS = (
     "loss_pct",
     "burst",
     "delay_ms",
@@ -171,7 +171,7 @@ class Rule:
             raise ValueError(f"repeat_ms: {shared}: it cannot have a match")
         if self.duration_ms is None or self.duration_ms <= 0:
             raise ValueError("repeat_ms: must be > 0")
-        if self.freeze or any(getattr(self, name) is not None for name in _SETTING_FIELDS):
+        if self.freeze or any(getattr(self, name) is not None for name in SETTING_FIELDS):
             raise ValueError("repeat_ms: put other impairments in a rule of their own")
 
     def window(self, join_offset_ms: float) -> tuple[float, float]:
@@ -182,7 +182,7 @@ class Rule:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"match": {k: list(v) for k, v in self.match.items()}}
-        for name in ("at_ms", "room_at_ms", "duration_ms", *_SETTING_FIELDS):
+        for name in ("at_ms", "room_at_ms", "duration_ms", *SETTING_FIELDS):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.to_dict() if isinstance(value, BurstLoss) else value
@@ -201,7 +201,7 @@ def settings_at(rules: Sequence[Rule], t_ms: float, join_offset_ms: float, base:
         start, end = rule.window(join_offset_ms)
         if not start <= t_ms < end:
             continue
-        for name in _SETTING_FIELDS:
+        for name in SETTING_FIELDS:
             value = getattr(rule, name)
             if value is not None:
                 values[name] = value
