@@ -173,6 +173,41 @@ def _proc_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+class WalWatcher:
+    """Counts checkpoints from outside the collector: DuckDB truncates the WAL file when it folds it into the
+    database, so a drop in the file's size (sampled every ``interval_s``) is one checkpoint."""
+
+    def __init__(self, wal: Path, interval_s: float = 0.01) -> None:
+        import threading
+
+        self._wal = wal
+        self._interval_s = interval_s
+        self._done = threading.Event()
+        self.checkpoints = 0
+        self.largest_bytes = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _size(self) -> int:
+        try:
+            return self._wal.stat().st_size
+        except OSError:  # no WAL file (yet, or removed by the checkpoint)
+            return 0
+
+    def _run(self) -> None:
+        last = self._size()
+        while not self._done.wait(self._interval_s):
+            size = self._size()
+            if size < last:
+                self.checkpoints += 1
+            self.largest_bytes = max(self.largest_bytes, size)
+            last = size
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -219,8 +254,10 @@ def main() -> int:
         p = mp.Process(target=_load, args=(port, args.seconds, args.connections, args.batch, args.rate, q))
         load0 = os.getloadavg()[0]
         cpu0 = _proc_cpu_s(proc.pid)
+        wal = WalWatcher(tmp / "bench.duckdb.wal")
         p.start()
         res = q.get()
+        wal.stop()
         cpu1 = _proc_cpu_s(proc.pid)
         load1 = os.getloadavg()[0]
         p.join()
@@ -259,14 +296,17 @@ def main() -> int:
     print(
         "| load | seconds | events/s acked | ack p50 ms | ack p99 ms | collector CPU ms / 1,000 ev (with workers) "
         "| collector cores busy (with workers) | client CPU ms / 1,000 ev | loadavg 1 min (start → end) | errors "
-        "| rows == acked | mean rows/commit | slowest commit ≤ s |"
+        "| rows == acked | mean rows/commit | slowest commit ≤ s | ack p99.9 / max ms | checkpoints in window "
+        "| largest WAL MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {load} | {res['elapsed']:.1f} | {res['acked'] / res['elapsed']:,.0f} "
         f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {cpu * 1000 / k:.1f} "
         f"| {cpu / res['elapsed']:.2f} | {res['client_cpu'] * 1000 / k:.1f} | {load0:.1f} → {load1:.1f} "
-        f"| {res['errors']} | {rows == res['acked']} ({rows:,}) | {mean_group:,.0f} | {slowest:g} |"
+        f"| {res['errors']} | {rows == res['acked']} ({rows:,}) | {mean_group:,.0f} | {slowest:g} "
+        f"| {_pct(lat, 0.999) * 1000:.0f} / {max(lat, default=float('nan')) * 1000:.0f} | {wal.checkpoints} "
+        f"| {wal.largest_bytes / 2**20:.0f} |"
     )
     if export:
         print(
