@@ -21,8 +21,12 @@ HotSpot/Squeeze/RobustSpot, written from scratch):
   baseline windows (where there is no incident) and the largest gain seen there, times ``margin``, is
   what a slice must beat. That is the false-alarm control: under the baseline's own noise, no slice
   would have been reported.
-* Each added dimension in a slice costs ``order_cost`` of that threshold (Occam: prefer the coarser
-  slice unless the finer one explains clearly more).
+* Each added dimension in a slice costs ``order_cost`` of its gain (Occam: prefer the coarser slice
+  unless the finer one explains clearly more).
+* The ripple effect decides between a slice and its parent or child, in both directions: a chosen
+  slice is generalised to its parent when the parent's other leaves are elevated too, and specialised
+  to its best child when the child explains more and the slice's other leaves are not significantly
+  elevated (a coarse slice is the cause only if its other viewers show it).
 * Ranked alternatives (for top-k) come from starting the greedy search from each of the best first
   slices and ordering the finished sets by their penalised deviance.
 """
@@ -249,14 +253,14 @@ def localize(
     results: dict[tuple[Slice, ...], RankedSet] = {}
     for first in firsts:
         chosen: list[tuple[float, float, Slice]] = [
-            _generalise(codes, actual, expected, first, everything, rho, totals)
+            _refine(codes, actual, expected, first, everything, rho, totals, max_order, order_cost)
         ]
         free = ~chosen[0][2].mask(codes)
         while len(chosen) < max_slices:
             nxt = _best_slices(cub, actual, expected, free, order_cost, 1)
             if not nxt or nxt[0][0] <= max(threshold, min_share * chosen[0][1]):
                 break
-            g = _generalise(codes, actual, expected, nxt[0], free, rho, totals)
+            g = _refine(codes, actual, expected, nxt[0], free, rho, totals, max_order, order_cost)
             chosen.append(g)
             free &= ~g[2].mask(codes)
         key = tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
@@ -321,6 +325,88 @@ def _generalise(
         if best is None:
             break
         cur = best
+    return cur
+
+
+_RIPPLE_Z = 2.0
+"""One-sided z (Poisson) the parent's other leaves must reach to count as elevated (about 2.3 %)."""
+
+
+def _refine(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    pick: tuple[float, float, Slice],
+    free: NDArray[np.bool_],
+    rho: float,
+    totals: FloatArray | None,
+    max_order: int,
+    order_cost: float,
+) -> tuple[float, float, Slice]:
+    """Apply the ripple-effect test in both directions until the slice no longer changes: generalise
+    (:func:`_generalise`), then specialise (:func:`_specialise`); stop at a slice seen before."""
+    seen: set[Slice] = set()
+    cur = pick
+    for _ in range(2 * max_order):
+        up = _generalise(codes, actual, expected, cur, free, rho, totals)
+        down = _specialise(codes, actual, expected, up, free, max_order, order_cost)
+        if down[2] == up[2] or down[2] in seen:
+            return up
+        seen.add(down[2])
+        cur = down
+    return cur
+
+
+def _specialise(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    pick: tuple[float, float, Slice],
+    free: NDArray[np.bool_],
+    max_order: int,
+    order_cost: float,
+) -> tuple[float, float, Slice]:
+    """Replace a slice by its child (one dimension added) while the child explains more deviance and
+    the slice's other leaves are not significantly elevated (z < ``_RIPPLE_Z`` against the factor of
+    the leaves outside the slice).
+
+    The order cost makes the greedy search prefer the coarser slice when gains are close; that is
+    Occam's razor, but if the coarser slice's other viewers were observed and were not worse than
+    normal, the ripple effect that would make it the cause is absent, and the child is the cause."""
+    cur = pick
+    while cur[2].order < max_order:
+        s_mask = cur[2].mask(codes) & free
+        vf, ef = float(actual[free].sum()), float(expected[free].sum())
+        base = float(_xlogx_ratio(vf, ef))
+        vs, es = float(actual[s_mask].sum()), float(expected[s_mask].sum())
+        g_s = 2.0 * float(_xlogx_ratio(vs, es) + _xlogx_ratio(vf - vs, ef - es) - base)
+        best: tuple[float, Slice, NDArray[np.bool_]] | None = None
+        used = {d for d, _ in cur[2].items}
+        for d in range(codes.shape[1]):
+            if d in used:
+                continue
+            col = codes[s_mask, d]
+            vc = np.bincount(col, weights=actual[s_mask]).astype(np.float64)
+            ec = np.bincount(col, weights=expected[s_mask]).astype(np.float64)
+            present = np.bincount(col) > 0
+            gains = 2.0 * (_xlogx_ratio(vc, ec) + _xlogx_ratio(vf - vc, ef - ec) - base)
+            gains = np.where(present, gains, -np.inf)
+            v = int(np.argmax(gains))
+            if best is None or gains[v] > best[0]:
+                child = Slice(tuple(sorted((*cur[2].items, (d, v)))))
+                best = (float(gains[v]), child, s_mask & (codes[:, d] == v))
+        if best is None or best[0] <= g_s:
+            break
+        rest = s_mask & ~best[2]
+        out = free & ~s_mask
+        if not out.any():
+            break
+        k_o = _factor(float(actual[out].sum()), float(expected[out].sum()))
+        mu = float(expected[rest].sum()) * k_o
+        z = (float(actual[rest].sum()) - mu) / max(mu, 1.0) ** 0.5
+        if z >= _RIPPLE_Z:
+            break
+        cur = (best[0] * (1.0 - order_cost * (best[1].order - 1)), best[0], best[1])
     return cur
 
 
