@@ -22,6 +22,7 @@ import structlog
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from probe import fastrecv
 from probe import marker as frame_marker
 from probe.bitstream import FrameInfo
 from probe.ice import addresses_for_target, enlarge_receive_buffers, host_addresses
@@ -70,6 +71,8 @@ class ProbeOptions:
     """Local addresses for host candidates; None = loopback for a loopback target, else all."""
     latency_clock: str | None = None
     """``same_host`` / ``ntp``; None = same_host for a loopback target, else ntp."""
+    fast_receive: bool = True
+    """Handle SRTP media in the socket callback (``probe.fastrecv``); False keeps aiortc's receive path."""
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Session:
         self.failure: str | None = None
         self.failure_message: str | None = None
         self.rcvbuf_bytes: int | None = None
+        self.direct_receive: fastrecv.DirectReceive | None = None
         self._ice_state = asyncio.Event()
         self._dtls_state = asyncio.Event()
         self._first_rtp = asyncio.Event()
@@ -169,6 +173,15 @@ class Session:
             ).install()
             if kind == "video":
                 self._video_receiver = transceiver.receiver
+        if self.opts.fast_receive:  # hook every transport: BUNDLE keeps one of them, decided later
+            for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
+                self._fast_receive_on_connect(dtls)
+
+    def _fast_receive_on_connect(self, dtls: Any) -> None:
+        @dtls.on("statechange")  # type: ignore[untyped-decorator]
+        def _connected() -> None:
+            if dtls.state == "connected" and self.direct_receive is None:
+                self.direct_receive = fastrecv.install(dtls)
 
     # --- the video consumer ------------------------------------------------------------------
     async def _consume_video(self) -> None:

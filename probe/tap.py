@@ -19,6 +19,10 @@ NACKs are re-sent like a browser does (``NackRetrier``, after libwebrtc's NackRe
 NACK only when a *new* gap appears, so a lost retransmission stays lost until the next loss, stalling the
 jitter buffer for hundreds of ms (the probe then reported freezes under 2 % loss that Chromium, on the same
 stream, did not have). Each missing sequence number is re-requested every 100 ms, at most 10 times.
+REMB is throttled like libwebrtc's ``RembThrottler`` (``RembThrottle``): aiortc sends one REMB for every
+packet while its overuse detector says "overusing", which a busy probe host triggers by itself (a fleet of
+30 probes in one process sent ~35 REMB per second each), telling the SFU to cut the bitrate of a stream
+other viewers share. libwebrtc sends at most one per 200 ms unless the estimate fell by more than 3 %.
 Tested against aiortc 1.16; ``install`` fails loudly if the private names it needs are gone.
 """
 
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket
+from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket, unpack_remb_fci
 
 from probe.bitstream import FrameInfo, frame_info
 from probe.rtpstats import StreamCounter
@@ -86,6 +90,33 @@ class NackRetrier:
                 self._state[seq] = (now_ms, retries + 1)
                 out.append(seq)
         return sorted(out)
+
+
+REMB_INTERVAL_MS = 200.0
+"""libwebrtc's ``kRembSendInterval``."""
+REMB_DROP_FACTOR = 1.03
+"""libwebrtc's ``kSendThresholdPercent`` (103): a fall of more than ~3 % is sent at once."""
+
+
+class RembThrottle:
+    """Which REMB estimates to send (pure bookkeeping, after libwebrtc's ``RembThrottler``)."""
+
+    def __init__(self, interval_ms: float = REMB_INTERVAL_MS) -> None:
+        self.interval_ms = interval_ms
+        self._last_ms: float | None = None
+        self._last_bitrate: int | None = None
+        self.sent = 0
+        self.suppressed = 0
+
+    def allow(self, bitrate: int, now_ms: float) -> bool:
+        """True if an estimate of ``bitrate`` bps at ``now_ms`` goes out (and becomes the last one sent)."""
+        if (self._last_ms is not None and self._last_bitrate is not None
+                and bitrate * REMB_DROP_FACTOR > self._last_bitrate and now_ms < self._last_ms + self.interval_ms):
+            self.suppressed += 1
+            return False
+        self._last_ms, self._last_bitrate = now_ms, bitrate
+        self.sent += 1
+        return True
 
 
 class FrameDecoder:
@@ -172,6 +203,7 @@ class ReceiverTap:
         self.decoder: FrameDecoder | None = None
         self.nack_task: asyncio.Task[None] | None = None
         self.media_ssrc: int | None = None
+        self.remb = RembThrottle()
 
     def install(self) -> None:
         r = self.receiver
@@ -190,8 +222,8 @@ class ReceiverTap:
             await handle_rtp(packet, arrival_time_ms)
 
         async def tapped_rtcp(packet: Any) -> None:
-            self.on_rtcp(packet)
-            await send_rtcp(packet)
+            if self.on_rtcp(packet):
+                await send_rtcp(packet)
 
         r._handle_rtp_packet = tapped_rtp
         r._send_rtcp = tapped_rtcp
@@ -229,7 +261,14 @@ class ReceiverTap:
             if again and self.media_ssrc is not None:
                 await self.receiver._send_rtcp_nack(self.media_ssrc, again)
 
-    def on_rtcp(self, packet: Any) -> None:
+    def on_rtcp(self, packet: Any) -> bool:
+        """Count an outgoing RTCP packet; False if it is a REMB the throttle holds back."""
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, _ = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return True
+            return self.remb.allow(bitrate, self.now_ms())
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             c = self.counters.get(packet.media_ssrc)
             if c is not None:
@@ -238,6 +277,7 @@ class ReceiverTap:
             c = self.counters.get(packet.media_ssrc)
             if c is not None:
                 c.pli_count += 1
+        return True
 
     def on_encoded_frame(self, codec_name: str, data: bytes, timestamp: int) -> None:
         """Record a complete encoded frame, then decode it (decode mode) or pass its size on (no-decode)."""

@@ -39,6 +39,7 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions
 from aiortc.utils import random32
 
+from probe import srtp
 from room.encoder import EncodedFrame
 
 log = structlog.get_logger()
@@ -98,36 +99,11 @@ def direct_out(dtls: Any) -> Out | None:
 
 
 def _protector(session: Any) -> Callable[[bytes], bytes]:
-    """``session.protect`` (a pylibsrtp Session), minus its per-call ``ffi.new``: about half the cost.
-
-    Uses pylibsrtp's private buffer and session handle; falls back to ``session.protect`` without them.
-    """
-    try:
-        import pylibsrtp
-        from pylibsrtp import _binding
-
-        check: Callable[[int], None] = pylibsrtp._srtp_assert
-        srtp, cdata, buffer = session._srtp[0], session._cdata, session._buffer
-        srtp_protect, max_len = _binding.lib.srtp_protect, len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
-        len_p = _binding.ffi.new("int *")
-    except (ImportError, AttributeError, TypeError) as exc:
-        _log_fallback(f"pylibsrtp internals: {type(exc).__name__}: {exc}")
-        protect: Callable[[bytes], bytes] = session.protect
-        return protect
-
-    def fast_protect(data: bytes) -> bytes:
-        n = len(data)
-        if n > max_len:
-            raise ValueError("packet is too long")
-        len_p[0] = n
-        buffer[0:n] = data
-        rc = srtp_protect(srtp, cdata, len_p)
-        if rc:
-            check(rc)  # raises pylibsrtp.Error
-        out: bytes = buffer[0 : len_p[0]]
-        return out
-
-    return fast_protect
+    """``session.protect`` minus its per-call ``ffi.new`` (about half the cost), see ``probe.srtp``."""
+    protect, fast = srtp.fast_op(session, "protect")
+    if not fast:
+        _log_fallback("pylibsrtp internals changed: using Session.protect")
+    return protect
 
 
 def install(sender: Any, track: FrameTrack, sink: DirectSink | None = None) -> FastSender:

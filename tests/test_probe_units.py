@@ -179,3 +179,40 @@ def test_nack_retrier_resends_every_interval_up_to_the_limit_and_forgets_recover
     assert r.due(missing, 300.0) == [11]
     assert r.due(missing, 400.0) == []  # three retries spent
     assert r.due(set(), 500.0) == [] and r._state == {}
+
+
+def test_remb_throttle_follows_libwebrtc_interval_and_drop_rule() -> None:
+    from probe.tap import RembThrottle
+
+    t = RembThrottle(interval_ms=200)
+    assert t.allow(1_000_000, 0.0)  # the first estimate goes out
+    assert not t.allow(1_000_000, 50.0)  # same estimate within 200 ms: held back
+    assert not t.allow(980_000, 100.0)  # a 2 % fall is not urgent
+    assert t.allow(960_000, 150.0)  # a 4 % fall goes out at once
+    assert not t.allow(2_000_000, 300.0)  # a rise waits for the interval (from the last one sent, 150 ms)
+    assert t.allow(2_000_000, 350.0)
+    assert (t.sent, t.suppressed) == (3, 3)
+
+
+def test_drive_runs_a_coroutine_in_place_or_finishes_it_as_a_task() -> None:
+    import asyncio
+
+    from probe.fastrecv import drive
+
+    log: list[str] = []
+
+    async def no_wait() -> None:
+        log.append("ran")
+
+    async def waits() -> None:
+        log.append("start")
+        await asyncio.sleep(0.01)
+        log.append("end")
+
+    async def main() -> None:
+        assert drive(no_wait()) and log == ["ran"]  # finished before drive returned
+        assert not drive(waits()) and log == ["ran", "start"]  # suspended at the sleep
+        await asyncio.sleep(0.05)
+        assert log == ["ran", "start", "end"]  # the rest ran as a task
+
+    asyncio.run(main())

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from probe.report import Report
-from probe.session import ProbeOptions, run_session
+from probe.session import ProbeOptions, Session, run_session
 from room.config import Rendition, RoomConfig, ServerConfig
 from room.scenario import parse as parse_scenario
 from room.server import RoomServer
@@ -31,14 +31,24 @@ def started_ms(report: Report) -> float:
 
 
 async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decode: bool = True,
-                     query: str = "") -> tuple[Report, dict[str, Any]]:
-    """Run one probe session against a room built from ``scenario``; returns (report, viewer truth)."""
+                     query: str = "", fast_receive: bool = True) -> tuple[Report, dict[str, Any]]:
+    """Run one probe session against a room built from ``scenario``; returns (report, viewer truth).
+
+    Checks which receive path the session took: the direct one (``probe.fastrecv``) or aiortc's.
+    """
     config = parse_scenario(scenario).server_config()
     async with RoomServer(config) as server:
         room = config.rooms[0].name
-        report = await run_session(ProbeOptions(url=server.whep_url(room) + query, duration_s=duration_s,
-                                                decode=decode))
+        session = Session(ProbeOptions(url=server.whep_url(room) + query, duration_s=duration_s, decode=decode,
+                                       fast_receive=fast_receive))
+        report = await session.run()
         truth = server.rooms[room].truth()
+    if report.summary.join.first_rtp_ms is not None:
+        direct = session.direct_receive
+        if fast_receive:
+            assert direct is not None and direct.packets > 0 and direct.rejected == 0
+        else:
+            assert direct is None
     viewers = truth["viewers"]
     return report, viewers[-1] if viewers else {}
 
@@ -47,8 +57,9 @@ def video_stream(report: Report) -> Any:
     return next(s for s in report.summary.streams if s.kind == "video")
 
 
-async def test_clean_session_matches_what_the_room_sent() -> None:
-    report, truth = await probe_room({"rooms": [{"name": "clean"}]}, duration_s=5)
+@pytest.mark.parametrize("fast_receive", [True, False], ids=["direct-receive", "aiortc-receive"])
+async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> None:
+    report, truth = await probe_room({"rooms": [{"name": "clean"}]}, duration_s=5, fast_receive=fast_receive)
     assert report.failure is None, report.failure_message
     v = report.summary.video
     assert v is not None
@@ -101,10 +112,11 @@ async def test_marker_latency_is_sane_on_loopback() -> None:
     assert all(s.latency_ms is None or s.latency_ms > 0 for s in report.timeline)
 
 
-@pytest.mark.parametrize("loss_pct", [5.0])
-async def test_configured_loss_is_measured(loss_pct: float) -> None:
+@pytest.mark.parametrize(("loss_pct", "fast_receive"), [(5.0, True), (5.0, False)],
+                         ids=["direct-receive", "aiortc-receive"])
+async def test_configured_loss_is_measured(loss_pct: float, fast_receive: bool) -> None:
     scenario = {"seed": 7, "rooms": [{"name": "lossy"}], "impairments": [{"loss_pct": loss_pct}]}
-    report, truth = await probe_room(scenario, duration_s=8)
+    report, truth = await probe_room(scenario, duration_s=8, fast_receive=fast_receive)
     assert report.failure is None, report.failure_message
     st = video_stream(report)
     video = truth["video"]

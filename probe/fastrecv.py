@@ -1,0 +1,141 @@
+"""The probe's direct receive path: SRTP media packets handled in the socket callback, no task hops.
+
+In stock aiortc every received datagram travels: aioice ``StunProtocol.datagram_received`` (which
+first tries to parse it as STUN and fails) → an ``asyncio.Queue`` → the ICE ``Connection.recv`` →
+the DTLS transport's receive task, woken once per packet (``RTCDtlsTransport._recv_next``) →
+``Session.unprotect`` → ``RtpPacket.parse`` → the receiver's ``_handle_rtp_packet`` coroutine. With
+dozens of probes in one process the queue, the task wake-ups and the failed STUN parse cost about as
+much as the receiver's own work, and the packet's arrival time is read only when the task gets to it,
+so a busy event loop shows up as network delay in aiortc's bandwidth estimator.
+
+Once the DTLS transport is connected, ``install`` wraps the ``datagram_received`` of the nominated
+pair's UDP protocol (that instance only). An SRTP (not SRTCP) packet is then, synchronously:
+arrival time read → ``srtp_unprotect`` (``probe.srtp``) → ``RtpPacket.parse`` with the transport's
+header-extension map → routed as aiortc routes it → the receiver's ``_handle_rtp_packet`` driven to
+completion in place (it never waits on anything in aiortc 1.16; if it ever does, the rest of it runs
+as a task). Everything else (STUN, DTLS, SRTCP) takes aiortc's path unchanged, and the receiver's
+work (RTCP statistics, NACKs, jitter buffer, REMB, our tap) is aiortc's, so what the probe measures
+is the same on both paths; ``tests/test_probe_vs_room.py`` runs both.
+
+This reads private names of aiortc (``_rx_srtp``, ``_rtp_router``, ``_rtp_header_extensions_map``)
+and aioice (``_connection._nominated``). If one is missing, ``install`` returns None, logs
+``fast_receive_fallback`` once, and packets keep aiortc's path. ``ProbeOptions.fast_receive=False``
+(``--no-fast-receive``) forces aiortc's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import pylibsrtp
+import structlog
+from aiortc.rtp import RtpPacket
+
+from probe import srtp
+
+log = structlog.get_logger()
+
+_NTP_EPOCH_MS = 2_208_988_800_000
+"""aiortc's ``clock.current_ms()`` counts from 1900-01-01; arrival times must use the same origin."""
+
+
+@functools.cache
+def _log_fallback(reason: str) -> None:
+    log.warning("fast_receive_fallback", reason=reason, detail="packets take aiortc's coroutine path")
+
+
+_resumed: set[asyncio.Future[None]] = set()
+
+
+def drive(coro: Coroutine[Any, Any, None]) -> bool:
+    """Run ``coro`` now, to completion if it never suspends (True); otherwise finish it as a task (False)."""
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return True
+    task = asyncio.ensure_future(_Resume(coro, first))
+    _resumed.add(task)  # the loop keeps only a weak reference to a task
+    task.add_done_callback(_resumed.discard)
+    return False
+
+
+class _Resume:
+    """An awaitable continuing a coroutine that already ran up to its first suspension."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        pending = self._pending
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:  # cancellation and errors go into the coroutine
+                try:
+                    pending = self._coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    pending = self._coro.send(sent)
+                except StopIteration:
+                    return
+
+
+class DirectReceive:
+    """Counts of the packets the direct path handled (tests check which path ran)."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.suspended = 0
+        self.rejected = 0
+
+
+def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectReceive | None:
+    """Handle ``dtls``'s incoming SRTP media synchronously from now on; None (and aiortc's path) if unable.
+
+    Call once the transport is connected (its SRTP session and nominated ICE pair exist).
+    ``clock_ms`` gives arrival times on aiortc's clock (ms since 1900); the default reads the wall clock.
+    """
+    try:
+        if dtls.state != "connected":
+            return None
+        unprotect, fast = srtp.fast_op(dtls._rx_srtp, "unprotect")
+        ext_map = dtls._rtp_header_extensions_map
+        route = dtls._rtp_router.route_rtp
+        protocol = dtls.transport._connection._nominated[1].protocol
+        aiortc_path = protocol.datagram_received
+    except (AttributeError, KeyError, TypeError) as exc:
+        _log_fallback(f"{type(exc).__name__}: {exc}")
+        return None
+    if not fast:
+        _log_fallback("pylibsrtp internals changed: using Session.unprotect")
+    now_ms = clock_ms or (lambda: time.time() * 1000.0 + _NTP_EPOCH_MS)
+    stats = DirectReceive()
+    parse = RtpPacket.parse
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        # SRTP: first byte 128..191 (RTP version 2); SRTCP has a packet type 192..208 in the second byte
+        if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 209:
+            aiortc_path(data, addr)
+            return
+        arrival_ms = int(now_ms())
+        try:
+            packet = parse(unprotect(data), ext_map)
+        except (pylibsrtp.Error, ValueError):
+            stats.rejected += 1  # aiortc logs these at debug level and drops them; so do we
+            return
+        receiver = route(packet)
+        if receiver is None:
+            return
+        stats.packets += 1
+        if not drive(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms)):
+            stats.suspended += 1
+
+    protocol.datagram_received = datagram_received
+    return stats
