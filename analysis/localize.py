@@ -28,7 +28,10 @@ HotSpot/Squeeze/RobustSpot, written from scratch):
   to its best child when the child explains more and the slice's other leaves are not significantly
   elevated (a coarse slice is the cause only if its other viewers show it).
 * Ranked alternatives (for top-k) come from starting the greedy search from each of the best first
-  slices and ordering the finished sets by their penalised deviance.
+  slices and ordering the finished sets by their penalised deviance. Each set that the specialisation
+  narrowed is followed by its un-narrowed version (the same search without the specialisation, from
+  the best first slice that was narrowed into it): the significance test that rejected the coarser
+  set can be a close call, and an alternative list without it would hide the parent from the operator.
 """
 
 from __future__ import annotations
@@ -237,7 +240,8 @@ def localize(
     ``codes``: (n_leaves, n_dims) integer value codes; ``actual``/``expected``: per-leaf counts (or
     sums) in the anomalous window. ``threshold``: deviance gain a slice must exceed to be reported
     (calibrate it with :func:`max_scan_gain` on baseline windows). Returns at most ``top_k`` sets; an
-    empty list when no slice beats the threshold.
+    empty list when no slice beats the threshold. The sets after the first are in order of cost, each
+    followed by its un-narrowed version when the specialisation changed it, so costs are not monotonic.
     """
     codes = np.asarray(codes, dtype=np.int64)
     actual = np.asarray(actual, dtype=np.float64)
@@ -251,24 +255,75 @@ def localize(
     if not require_first:
         firsts = [f for f in firsts if f[0] > threshold]
     results: dict[tuple[Slice, ...], RankedSet] = {}
+    # per refined set: its un-narrowed version, the coarser set that the best first slice narrowed
+    # into it gives without the specialisation
+    unnarrowed: dict[tuple[Slice, ...], tuple[tuple[Slice, ...], RankedSet]] = {}
     for first in firsts:
-        chosen: list[tuple[float, float, Slice]] = [
-            _refine(codes, actual, expected, first, everything, rho, totals, max_order, order_cost)
-        ]
-        free = ~chosen[0][2].mask(codes)
-        while len(chosen) < max_slices:
-            nxt = _best_slices(cub, actual, expected, free, order_cost, 1)
-            if not nxt or nxt[0][0] <= max(threshold, min_share * chosen[0][1]):
-                break
-            g = _refine(codes, actual, expected, nxt[0], free, rho, totals, max_order, order_cost)
-            chosen.append(g)
-            free &= ~g[2].mask(codes)
-        key = tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
-        if key in results:
+        args = (cub, codes, actual, expected, first, threshold, max_slices, min_share, rho, totals, max_order)
+        key, chosen, free = _grow(*args, order_cost=order_cost, narrow=True)
+        if key not in results:
+            results[key] = _summarise(codes, actual, expected, chosen, free, threshold, totals, order_cost)
+        if key in unnarrowed:
             continue
-        results[key] = _summarise(codes, actual, expected, chosen, free, threshold, totals, order_cost)
-    ranked = sorted(results.values(), key=lambda r: r.cost)
-    return ranked[:top_k]
+        key_u, chosen_u, free_u = _grow(*args, order_cost=order_cost, narrow=False)
+        if _coarser(key_u, key):
+            rs_u = _summarise(codes, actual, expected, chosen_u, free_u, threshold, totals, order_cost)
+            unnarrowed[key] = (key_u, rs_u)
+    # The refined sets decide the order (the first one is the answer, unchanged); each is followed by
+    # its un-narrowed version unless that is already listed.
+    ranked: dict[tuple[Slice, ...], RankedSet] = {}
+    for key, rs in sorted(results.items(), key=lambda kv: kv[1].cost):
+        ranked.setdefault(key, rs)
+        if key in unnarrowed:
+            ranked.setdefault(*unnarrowed[key])
+    return list(ranked.values())[:top_k]
+
+
+def _coarser(coarse: Sequence[Slice], fine: Sequence[Slice]) -> bool:
+    """Whether the set ``coarse`` is the set ``fine`` with dimensions dropped: a different set of as many
+    slices, each slice of ``fine`` inside one of ``coarse`` and each of ``coarse`` containing one of ``fine``."""
+    if len(coarse) != len(fine) or set(coarse) == set(fine):
+        return False
+    inside = [[set(c.items) <= set(f.items) for c in coarse] for f in fine]
+    return all(map(any, inside)) and all(map(any, zip(*inside, strict=True)))
+
+
+def _grow(
+    cub: _Cuboids,
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    first: tuple[float, float, Slice],
+    threshold: float,
+    max_slices: int,
+    min_share: float,
+    rho: float,
+    totals: FloatArray | None,
+    max_order: int,
+    *,
+    order_cost: float,
+    narrow: bool,
+) -> tuple[tuple[Slice, ...], list[tuple[float, float, Slice]], NDArray[np.bool_]]:
+    """Greedy forward selection of disjoint slices from ``first``, each passed through the ripple-effect
+    test (both directions when ``narrow``, else :func:`_generalise` only). Returns the set's key (its
+    slices sorted), the chosen (penalised gain, gain, slice) in order, and the leaves left uncovered."""
+
+    def ripple(pick: tuple[float, float, Slice], free: NDArray[np.bool_]) -> tuple[float, float, Slice]:
+        if narrow:
+            return _refine(codes, actual, expected, pick, free, rho, totals, max_order, order_cost)
+        return _generalise(codes, actual, expected, pick, free, rho, totals)
+
+    chosen = [ripple(first, np.ones(codes.shape[0], dtype=bool))]
+    free = ~chosen[0][2].mask(codes)
+    while len(chosen) < max_slices:
+        nxt = _best_slices(cub, actual, expected, free, order_cost, 1)
+        if not nxt or nxt[0][0] <= max(threshold, min_share * chosen[0][1]):
+            break
+        g = ripple(nxt[0], free)
+        chosen.append(g)
+        free &= ~g[2].mask(codes)
+    key = tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
+    return key, chosen, free
 
 
 def _factor(v: float, e: float) -> float:
