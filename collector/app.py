@@ -20,6 +20,7 @@ from collector.auth import TokenTable
 from collector.config import CollectorConfig
 from collector.errors import ApiError
 from collector.instruments import CollectorMetrics
+from collector.maintenance import StoreMaintainer
 from collector.parse_pool import ParsePool
 from collector.state import (
     CONFIG,
@@ -34,7 +35,7 @@ from collector.state import (
     WRITER,
     request_token,
 )
-from collector.store import Store
+from collector.store import MaintenanceRun, Store
 from collector.writer import GroupCommitWriter
 
 log = structlog.get_logger()
@@ -146,20 +147,33 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.commit.observe((), seconds)
         metrics.group_rows.observe((), rows)
 
+    def on_maintenance(run: MaintenanceRun) -> None:  # on the maintenance thread: hand over to the loop
+        loop.call_soon_threadsafe(record_maintenance, run)
+
+    def record_maintenance(run: MaintenanceRun) -> None:
+        if run.checkpoint_s is not None:
+            metrics.checkpoint.observe((), run.checkpoint_s)
+        metrics.diverted.observe((), run.diverted_s)
+        metrics.moved_rows.inc((), run.moved_rows)
+
     writer = GroupCommitWriter(store, max_rows=cfg.group_commit_max_rows, on_commit=on_commit)
     writer.start()
     app[WRITER] = writer
+    maintainer = StoreMaintainer(store, on_run=on_maintenance)
+    maintainer.start()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
     app[READ_POOL] = pool
     for row in await loop.run_in_executor(pool, store.latest_probe_qoe):
         metrics.observe_report(row, new=False)
     log.info(
-        "store_open", path=cfg.db_path, events=await loop.run_in_executor(pool, store.count, "viewer_events")
-    )
+        "store_open", path=cfg.db_path, events=await loop.run_in_executor(pool, store.count, "viewer_events"),
+        recovered_staged_rows=store.recovered_rows,
+    )  # fmt: skip
     try:
         yield
     finally:
         await writer.stop()
+        await loop.run_in_executor(None, maintainer.stop)
         pool.shutdown(wait=True)
         await loop.run_in_executor(None, store.close)
         log.info("store_closed", path=cfg.db_path)

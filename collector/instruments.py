@@ -106,6 +106,24 @@ class CollectorMetrics:
                 buckets=(1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000),
             )
         )
+        self.checkpoint = r.add(
+            Histogram(
+                "streamqoe_store_checkpoint_duration_seconds",
+                "Duration of one checkpoint of the main database (on the maintenance thread, off the ack path).",
+            )
+        )
+        self.diverted = r.add(
+            Histogram(
+                "streamqoe_store_diverted_seconds",
+                "Time the writer committed to staging per maintenance run (checkpoint, then moves).",
+            )
+        )
+        self.moved_rows = r.add(
+            Counter(
+                "streamqoe_store_moved_rows_total",
+                "Rows committed to staging while the main tables were busy, then moved into them.",
+            )
+        )
         self._latest_started: dict[tuple[str, str], int] = {}  # fmt: skip
 
     def observe_report(self, row: dict[str, Any], *, new: bool) -> None:

@@ -190,7 +190,7 @@ async def healthz(request: web.Request) -> web.Response:
     """Liveness and store check; no token needed, no data disclosed."""
     store = request.app[STORE]
     try:
-        await _in_pool(request, lambda: store.query("SELECT 1 AS ok"))
+        await _in_pool(request, store.ping)
     except Exception as e:  # the store is gone: unhealthy, say why
         return web.json_response({"status": "error", "store": type(e).__name__}, status=503)
     return web.json_response({"status": "ok"})

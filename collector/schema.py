@@ -84,3 +84,25 @@ DDL: tuple[str, ...] = (
     )
     """,
 )
+
+STAGED_TABLES: tuple[str, ...] = ("viewer_events", "probe_reports", "incidents")
+"""The tables ingest writes; each has a staging copy (``staging_ddl``)."""
+
+
+def staging_ddl(catalog: str) -> tuple[str, ...]:
+    """DDL of the staging copies of ``STAGED_TABLES`` in the attached database ``catalog``.
+
+    Same columns and primary keys as the tables above, plus ``seq``: the number of the writer's group
+    that committed the row, so that a move can take every group up to one number (``collector.store``).
+    Not part of the contract with analysis: the collector empties and removes the staging file at a
+    clean stop.
+    """
+    out: list[str] = []
+    for stmt in DDL:
+        for table in STAGED_TABLES:
+            head = f"CREATE TABLE IF NOT EXISTS {table} ("
+            if head in stmt:
+                out.append(stmt.replace(head, f"CREATE TABLE {catalog}.{table} (\n        seq BIGINT NOT NULL,", 1))
+    if len(out) != len(STAGED_TABLES):
+        raise AssertionError("staging_ddl: a staged table's DDL was not found")
+    return tuple(out)

@@ -2,13 +2,25 @@
 
 Durability: every write is a DuckDB transaction; ``commit()`` returns after DuckDB has written and
 fsync'ed its write-ahead log, so a committed row survives ``kill -9`` (and a power cut, as far as the
-file system honours fsync). DuckDB folds the WAL into the database file (a checkpoint) when the WAL
-exceeds ``checkpoint_wal_bytes`` and at a clean shutdown; recovery replays the WAL at the next open.
+file system honours fsync). Recovery replays the WAL at the next open.
+
+Checkpoints off the ack path: DuckDB's own automatic checkpoint runs inside the commit that crosses the
+threshold, and while a checkpoint runs no other commit to the same database completes, whichever
+connection runs it (measured with DuckDB 2.0, docs/collector.md). So a file-backed store turns the
+automatic checkpoint off and ``maintain()`` (called by ``collector.maintenance`` on its own thread)
+checkpoints. While it does, the writer commits each group to a staging database attached beside the
+main file (``<db>.staging``, the same tables with a ``seq`` column): a checkpoint of one database does
+not hold up commits to another. ``maintain()`` then moves the staged rows into the main tables (an
+idempotent ``INSERT … ON CONFLICT DO NOTHING``, then a ``DELETE`` from staging) and hands the main tables
+back to the writer, which moves the last few staged groups before its next group. Reads wait until
+every row staged before they started has been moved, so they see every acknowledged item.
 
 Idempotency: ``event_id``/``report_id``/``incident_id`` are primary keys. Events are first inserted
 with a plain ``INSERT`` (a resent event is rare, and ``ON CONFLICT … RETURNING`` costs about a third
 of the insert); if the primary key refuses one, the group is rolled back and redone with
 ``ON CONFLICT DO NOTHING RETURNING``, which stores a retried item once and reports it as a duplicate.
+A group committed to staging is checked against staging only: an item already in the main tables is
+reported as new there, and the move skips it (stored once all the same).
 
 The methods are synchronous (DuckDB blocks); ``collector.writer`` runs the write methods on a single
 thread and ``collector.app`` runs the queries on a small pool.
@@ -18,9 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +43,7 @@ import numpy as np
 from collector.event_columns import EventColumns
 from collector.events import ROW_FIELDS
 from collector.reports import REPORT_COLUMNS
-from collector.schema import DDL, SCHEMA_VERSION
+from collector.schema import DDL, SCHEMA_VERSION, STAGED_TABLES, VIEWER_EVENT_COLUMNS, staging_ddl
 
 # whole-number event fields travel as float64 (NaN = NULL) and are cast on insert
 _EVENT_INTEGER = frozenset({"stall_count", "height"})
@@ -39,6 +52,52 @@ _REPORT_FLOAT = frozenset(
     {"duration_s", "ttff_ms", "stall_ratio", "total_freezes_s", "loss_pct", "hd_share", "fps_mean",
      "latency_p50_ms", "rtt_ms"}
 )  # fmt: skip
+
+
+_STAGE = "stage"  # catalog name of the attached staging database
+_DISABLED_CHECKPOINT = "1000TiB"  # DuckDB's automatic checkpoint threshold when maintain() checkpoints
+_HANDBACK_ROWS = 5_000  # maintain() hands the main tables back once a move takes no more than this
+_MAX_MOVES = 8  # … or after this many moves (the writer staging faster than they move)
+_MOVE_SQL = {
+    "viewer_events": "INSERT INTO viewer_events ({cols}) SELECT {cols} FROM {stage}.viewer_events WHERE seq <= ?",
+    "probe_reports": "INSERT INTO probe_reports ({cols}) SELECT {cols} FROM {stage}.probe_reports WHERE seq <= ? "
+                     "ON CONFLICT DO NOTHING",
+    # staging holds one row per incident (its last upsert): replace in the main table
+    "incidents": "INSERT OR REPLACE INTO incidents ({cols}) SELECT {cols} FROM {stage}.incidents WHERE seq <= ?",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MaintenanceRun:
+    """What one ``Store.maintain()`` did. Times in seconds."""
+
+    checkpoint_s: float | None
+    """Duration of the main database's checkpoint; None when it did not checkpoint."""
+    moved_rows: int
+    """Rows moved from staging into the main tables (committed to staging while the main tables were busy)."""
+    diverted_s: float
+    """How long the writer committed to staging instead of the main tables (the checkpoint, then the moves)."""
+
+
+@dataclass(frozen=True)
+class _Dest:
+    """Where a group goes: the main tables, or staging with the group's number."""
+
+    seq: int | None = None
+
+    def table(self, name: str) -> str:
+        return name if self.seq is None else f"{_STAGE}.{name}"
+
+    @property
+    def cols(self) -> str:
+        return "" if self.seq is None else ", seq"
+
+    @property
+    def value(self) -> str:
+        return "" if self.seq is None else f", {int(self.seq)}"
+
+
+_MAIN = _Dest()
 
 
 @dataclass(frozen=True)
@@ -85,6 +144,13 @@ def _columns(
     return out
 
 
+def _scalar(con: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of ``sql``'s result."""
+    row = con.execute(sql, list(params)).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
 class ResultStream:
     """A running query's rows, fetched in batches (``Store.stream``)."""
 
@@ -110,13 +176,21 @@ class ResultStream:
 
 
 class Store:
-    """The collector's database. Write methods must be called from one thread at a time."""
+    """The collector's database. Write methods must be called from one thread at a time, ``maintain()``
+    from one other thread (a file-backed store checkpoints only there and at ``close()``)."""
 
-    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 64 << 20,
-                 wall_ms: Callable[[], int] | None = None) -> None:  # fmt: skip
+    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 64 << 20, wall_ms: Callable[[], int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.path = path
+        self._clock = clock
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        """WAL size (bytes) from which ``checkpoint_due()`` is true."""
         self._con = duckdb.connect(path)
-        self._con.execute(f"SET checkpoint_threshold = '{int(checkpoint_wal_bytes)}B'")
+        self._file = path not in ("", ":memory:") and not path.startswith(":memory:")
+        if self._file:
+            self._con.execute(f"SET checkpoint_threshold = '{_DISABLED_CHECKPOINT}'")
+        else:
+            self._con.execute(f"SET checkpoint_threshold = '{int(checkpoint_wal_bytes)}B'")
         for stmt in DDL:
             self._con.execute(stmt)
         self._con.execute(
@@ -127,49 +201,118 @@ class Store:
         self._cursors: list[Any] = []
         self._cursors_lock = threading.Lock()
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        # routing between the writer and maintain(): the writer writes the main tables while it holds
+        # _main; maintain() sets _diverting, then takes _main for the checkpoint and the moves
+        self._main = threading.Lock()
+        self._state = threading.Condition()
+        self._diverting = False
+        self._staged_seq = 0  # last group committed to staging
+        self._staged_at = 0.0  # when (clock) it committed
+        self._moved_seq = 0  # every group up to this one is in the main tables
+        self._stage_lock = threading.Lock()  # a staging DELETE and a staging insert never overlap
+        self._maint: Any = None
+        self._staging_dirty = False  # staging has had rows since its last checkpoint
+        self.recovered_rows = 0
+        """Rows found in staging at open (a crash while the main tables were busy), moved since."""
+        if self._file:
+            self._open_staging()
+
+    @property
+    def staging_path(self) -> str | None:
+        """The staging database's file (None for an in-memory store)."""
+        return f"{self.path}.staging" if self._file else None
+
+    def _open_staging(self) -> None:
+        path = self.staging_path
+        assert path is not None
+        self._con.execute(f"ATTACH '{path.replace(chr(39), chr(39) * 2)}' AS {_STAGE}")
+        self._maint = self._con.cursor()
+        present = {r[0] for r in self._con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_STAGE]).fetchall()}  # fmt: skip
+        if present:  # left by a crash: move what it holds (idempotent), then start from empty tables
+            self._staged_seq = max(
+                int(_scalar(self._con, f"SELECT coalesce(max(seq), 0) FROM {_STAGE}.{t}")) for t in present
+            )
+            self.recovered_rows = self._move_staged(self._con, tuple(t for t in STAGED_TABLES if t in present))
+            for t in present:
+                self._con.execute(f"DROP TABLE {_STAGE}.{t}")
+            self._con.execute(f"CHECKPOINT {_STAGE}")
+        for stmt in staging_ddl(_STAGE):
+            self._con.execute(stmt)
+        self._moved_seq = self._staged_seq
 
     # -- writes (one thread) ------------------------------------------------------------------------
 
     def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
         """Write every job in one transaction (group commit); a failed group is retried job by job.
 
+        The transaction goes to the main tables, or to staging while ``maintain()`` holds them.
         Returns one result per job: its new/duplicate counts, or the exception that job raised.
         """
+        with self._state:
+            if self._maint is None or (not self._diverting and self._main.acquire(blocking=False)):
+                dest = _MAIN
+            else:
+                dest = _Dest(seq=self._staged_seq + 1)
+        if dest.seq is None:
+            if self._maint is None:
+                return self._write_group(jobs, dest)  # in memory: no checkpoints, no maintain()
+            try:
+                if self._moved_seq < self._staged_seq:  # left by maintain(): moved before this group
+                    self._move_staged(self._con)
+                return self._write_group(jobs, dest)
+            finally:
+                self._main.release()
         try:
-            return self._transaction(jobs, optimistic=True)
+            with self._stage_lock:
+                return self._write_group(jobs, dest)
+        finally:
+            with self._state:
+                # a failed group stored nothing, and the number is still a valid upper bound
+                self._staged_seq = dest.seq
+                self._staged_at = self._clock()
+                self._staging_dirty = True
+                self._state.notify_all()
+
+    def _write_group(self, jobs: Sequence[WriteJob], dest: _Dest) -> list[InsertResult | BaseException]:
+        try:
+            return self._transaction(jobs, dest, optimistic=True)
         except duckdb.ConstraintException:
             pass  # an event already stored (a client's retry): redo the group with conflict handling
         except Exception:
             if len(jobs) == 1:
                 raise
         try:
-            return self._transaction(jobs, optimistic=False)
+            return self._transaction(jobs, dest, optimistic=False)
         except Exception:
             if len(jobs) == 1:
                 raise
         out: list[InsertResult | BaseException] = []
         for job in jobs:
             try:
-                out.extend(self._transaction([job], optimistic=False))
+                out.extend(self._transaction([job], dest, optimistic=False))
             except Exception as e:
                 out.append(e)
         return out
 
-    def _transaction(self, jobs: Sequence[WriteJob], *, optimistic: bool) -> list[InsertResult | BaseException]:
+    def _transaction(self, jobs: Sequence[WriteJob], dest: _Dest, *,
+                     optimistic: bool) -> list[InsertResult | BaseException]:  # fmt: skip
         try:
             self._con.execute("BEGIN TRANSACTION")
-            results: list[InsertResult | BaseException] = list(self._write_jobs(jobs, optimistic))
+            results: list[InsertResult | BaseException] = list(self._write_jobs(jobs, dest, optimistic))
             self._con.execute("COMMIT")
             return results
         except BaseException:
-            self._rollback()
+            self._rollback(self._con)
             raise
 
-    def _rollback(self) -> None:
+    @staticmethod
+    def _rollback(con: Any) -> None:
         with contextlib.suppress(duckdb.Error):  # no transaction open
-            self._con.execute("ROLLBACK")
+            con.execute("ROLLBACK")
 
-    def _write_events(self, jobs: Sequence[WriteJob], idx: list[int], now: int, optimistic: bool) -> list[int]:
+    def _write_events(self, jobs: Sequence[WriteJob], idx: list[int], now: int, dest: _Dest,
+                      optimistic: bool) -> list[int]:  # fmt: skip
         """Insert the events of ``jobs[i] for i in idx``; the number of new events per job, in ``idx`` order."""
         parts = [jobs[i].events for i in idx]
         cols: dict[str, Any] = {
@@ -177,14 +320,15 @@ class Store:
         }
         ids = cols["event_id"]
         sizes = [jobs[i].size for i in idx]
-        collist = ", ".join((*ROW_FIELDS, "received_ms"))
+        table = dest.table("viewer_events")
+        collist = ", ".join((*ROW_FIELDS, "received_ms")) + dest.cols
         select = ", ".join(
             f"CAST({c} AS INTEGER)" if c in _EVENT_INTEGER else c for c in (*ROW_FIELDS, "received_ms")
-        )
+        ) + dest.value
         if optimistic and len(set(ids.tolist())) == len(ids):
             cols["received_ms"] = np.full(len(ids), now, dtype=np.int64)
             # DuckDB's replacement scan reads the local dict of numpy arrays by its name
-            self._con.execute(f"INSERT INTO viewer_events ({collist}) SELECT {select} FROM cols")
+            self._con.execute(f"INSERT INTO {table} ({collist}) SELECT {select} FROM cols")
             return sizes
         # first occurrence in the group wins; later copies (same request or another) are duplicates
         owner: dict[str, int] = {}
@@ -199,7 +343,7 @@ class Store:
         sel = {name: col[keep] for name, col in cols.items()}
         sel["received_ms"] = np.full(len(keep), now, dtype=np.int64)
         inserted = self._con.execute(
-            f"INSERT INTO viewer_events ({collist}) SELECT {select} FROM sel "
+            f"INSERT INTO {table} ({collist}) SELECT {select} FROM sel "
             "ON CONFLICT DO NOTHING RETURNING event_id"
         ).fetchall()
         new = [0] * len(idx)
@@ -207,12 +351,12 @@ class Store:
             new[owner[k]] += 1
         return new
 
-    def _write_jobs(self, jobs: Sequence[WriteJob], optimistic: bool = False) -> list[InsertResult]:
+    def _write_jobs(self, jobs: Sequence[WriteJob], dest: _Dest, optimistic: bool = False) -> list[InsertResult]:
         now = self._wall_ms()
         results: list[InsertResult | None] = [None] * len(jobs)
         idx = [i for i, j in enumerate(jobs) if j.kind == "events"]
         if idx:
-            for i, n in zip(idx, self._write_events(jobs, idx, now, optimistic), strict=True):
+            for i, n in zip(idx, self._write_events(jobs, idx, now, dest, optimistic), strict=True):
                 results[i] = InsertResult(new=n, duplicate=jobs[i].size - n)
         idx = [i for i, j in enumerate(jobs) if j.kind == "reports"]
         if idx:
@@ -228,8 +372,8 @@ class Store:
             cols["received_ms"] = np.full(len(unique), now, dtype=np.int64)
             collist = ", ".join((*REPORT_COLUMNS, "received_ms"))
             inserted = self._con.execute(
-                f"INSERT INTO probe_reports ({collist}) SELECT {collist} FROM cols "
-                "ON CONFLICT DO NOTHING RETURNING report_id"
+                f"INSERT INTO {dest.table('probe_reports')} ({collist}{dest.cols}) "
+                f"SELECT {collist}{dest.value} FROM cols ON CONFLICT DO NOTHING RETURNING report_id"
             ).fetchall()
             ids: dict[int, set[str]] = {i: set() for i in idx}
             for (k,) in inserted:
@@ -241,8 +385,8 @@ class Store:
             if job.kind == "incidents":
                 for row in job.rows:
                     self._con.execute(
-                        "INSERT OR REPLACE INTO incidents (incident_id, start_ms, end_ms, segment, summary) "
-                        "VALUES (?, ?, ?, ?, ?)",
+                        f"INSERT OR REPLACE INTO {dest.table('incidents')} (incident_id, start_ms, end_ms, "
+                        f"segment, summary{dest.cols}) VALUES (?, ?, ?, ?, ?{dest.value})",
                         list(row),
                     )
                 results[i] = InsertResult(new=len(job.rows), duplicate=0)
@@ -250,20 +394,161 @@ class Store:
                 raise ValueError(f"unknown write job kind {job.kind!r}")
         return [r for r in results if r is not None]
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the database file."""
-        self._con.execute("CHECKPOINT")
+    # -- maintenance (one other thread) ---------------------------------------------------------------
+
+    def wal_bytes(self) -> int:
+        """Size of the main database's write-ahead log, bytes (0 without one)."""
+        try:
+            return os.stat(f"{self.path}.wal").st_size if self._file else 0
+        except FileNotFoundError:
+            return 0
+
+    def checkpoint_due(self) -> bool:
+        """True when the main WAL has reached ``checkpoint_wal_bytes``."""
+        return self.wal_bytes() >= self.checkpoint_wal_bytes
+
+    def staged_pending(self, idle_s: float = 0.0) -> bool:
+        """True when groups committed to staging are not all in the main tables yet, and the last of them
+        committed at least ``idle_s`` seconds ago (the writer moves them itself with its next group)."""
+        with self._state:
+            return self._moved_seq < self._staged_seq and self._clock() - self._staged_at >= idle_s
+
+    @contextlib.contextmanager
+    def hold_main(self) -> Iterator[None]:
+        """Hold the main tables: the writer commits its groups to staging until the block ends.
+
+        Waits for the writer's group in flight, if any (one commit), never for more. The staged rows are
+        moved by ``maintain()``, by the writer before its next group, or by a read that needs them.
+        """
+        with self._state:
+            self._diverting = True
+        self._main.acquire()
+        try:
+            yield
+        finally:
+            with self._state:  # the same critical section as the writer's choice of destination
+                self._diverting = False
+                self._main.release()
+                self._state.notify_all()
+
+    def maintain(self, *, checkpoint: bool) -> MaintenanceRun:
+        """Checkpoint the main database (if ``checkpoint``) and move the staged rows into the main tables,
+        holding the main tables meanwhile (``hold_main``). One thread at a time; an in-memory store has
+        nothing to do.
+
+        The moves repeat while the writer keeps staging, until one moves at most ``_HANDBACK_ROWS`` rows
+        (or after ``_MAX_MOVES``); then the main tables are the writer's again, and its next group first
+        moves what is left (a few thousand rows), so the writer never waits for this thread.
+        """
+        if self._maint is None:
+            return MaintenanceRun(checkpoint_s=None, moved_rows=0, diverted_s=0.0)
+        if checkpoint and self._staging_dirty:
+            # the writer is not staging now (it has the main tables), so this stops nobody: staging holds
+            # at most the rows of a handed-back remainder, and this truncates its WAL
+            with self._stage_lock:
+                self._maint.execute(f"CHECKPOINT {_STAGE}")
+                self._staging_dirty = False
+        t0 = self._clock()
+        checkpoint_s: float | None = None
+        moved = 0
+        with self.hold_main():
+            if checkpoint:
+                self._maint.execute("CHECKPOINT")
+                checkpoint_s = self._clock() - t0
+            for _ in range(_MAX_MOVES):
+                n = self._move_staged(self._maint)
+                moved += n
+                if n <= _HANDBACK_ROWS:
+                    break
+        return MaintenanceRun(checkpoint_s=checkpoint_s, moved_rows=moved, diverted_s=self._clock() - t0)
+
+    def _move_staged(self, cur: Any, tables: Sequence[str] = STAGED_TABLES) -> int:
+        """Move every group committed to staging into the main tables; the number of staged rows moved.
+
+        Two transactions (DuckDB writes one database per transaction): the insert into the main tables
+        is idempotent, so a crash between the two moves the same rows again at the next open, harmlessly.
+        """
+        with self._state:
+            hi = self._staged_seq
+        if hi <= self._moved_seq:
+            return 0
+        cols = {
+            "viewer_events": VIEWER_EVENT_COLUMNS,
+            "probe_reports": (*REPORT_COLUMNS, "received_ms"),
+            "incidents": ("incident_id", "start_ms", "end_ms", "segment", "summary"),
+        }
+        for optimistic in (True, False):
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                for t in tables:
+                    sql = _MOVE_SQL[t].format(cols=", ".join(cols[t]), stage=_STAGE)
+                    if t == "viewer_events" and not optimistic:
+                        sql += " ON CONFLICT DO NOTHING"
+                    cur.execute(sql, [hi])
+                cur.execute("COMMIT")
+                break
+            except duckdb.ConstraintException:
+                self._rollback(cur)  # an event the writer staged was in the main table already
+                if not optimistic:
+                    raise
+            except BaseException:
+                self._rollback(cur)
+                raise
+        moved = 0
+        with self._stage_lock:
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                for t in tables:
+                    moved += int(_scalar(cur, f"DELETE FROM {_STAGE}.{t} WHERE seq <= ?", [hi]))
+                cur.execute("COMMIT")
+            except BaseException:
+                self._rollback(cur)
+                raise
+        with self._state:
+            self._moved_seq = hi
+            self._state.notify_all()
+        return moved
 
     def close(self) -> None:
-        """Checkpoint and close every connection (a clean shutdown leaves no WAL behind)."""
+        """Move staged rows, checkpoint and close every connection: a clean shutdown leaves the main file
+        alone, with no WAL and no staging file. Call it once the writer and ``maintain()`` have stopped."""
         with self._cursors_lock:
             for c in self._cursors:
                 c.close()
             self._cursors.clear()
         try:
+            if self._maint is not None:
+                self._move_staged(self._con)
+                left = sum(int(_scalar(self._con, f"SELECT count(*) FROM {_STAGE}.{t}")) for t in STAGED_TABLES)
+                self._maint.close()
+                self._con.execute(f"DETACH {_STAGE}")
+                if left == 0:  # never remove rows that were not moved
+                    for suffix in ("", ".wal"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(f"{self.staging_path}{suffix}")
             self._con.execute("CHECKPOINT")
         finally:
             self._con.close()
+
+    def _await_moved(self, timeout_s: float = 60.0) -> None:
+        """Return once every group staged before the call is in the main tables, so that a read sees every
+        acknowledged item: at once in the usual case (nothing staged), else after moving them on this thread
+        if the main tables are free, else after waiting for whoever holds them to move them."""
+        deadline = self._clock() + timeout_s
+        with self._state:
+            target = self._staged_seq
+            while self._moved_seq < target:
+                if not self._diverting and self._main.acquire(blocking=False):
+                    break
+                if self._clock() >= deadline:
+                    raise TimeoutError(f"store: staged rows not in the main tables after {timeout_s:g} s")
+                self._state.wait(min(0.05, max(0.0, deadline - self._clock())))
+            else:
+                return
+        try:  # this thread holds the main tables: move what is staged (usually a handed-back remainder)
+            self._move_staged(self._cursor())
+        finally:
+            self._main.release()
 
     # -- reads (any thread; one cursor per thread) -------------------------------------------------------
 
@@ -277,7 +562,8 @@ class Store:
         return cur
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Run a read-only query; rows as dicts keyed by column name."""
+        """Run a read-only query; rows as dicts keyed by column name. Sees every acknowledged item."""
+        self._await_moved()
         cur = self._cursor()
         res = cur.execute(sql, list(params))
         names = [d[0] for d in res.description]
@@ -289,6 +575,7 @@ class Store:
         DuckDB streams the result (rows are produced as they are fetched, from one snapshot), so a
         large export does not hold its whole result in memory. Any thread, one at a time per stream.
         """
+        self._await_moved()
         cur = self._con.cursor()
         with self._cursors_lock:
             self._cursors.append(cur)
@@ -300,6 +587,10 @@ class Store:
             raise
         return stream
 
+    def ping(self) -> None:
+        """A trivial query (health check); does not wait for staged rows."""
+        self._cursor().execute("SELECT 1").fetchall()
+
     def _forget(self, cur: Any) -> None:
         with self._cursors_lock:
             if cur in self._cursors:
@@ -309,6 +600,7 @@ class Store:
         """Rows in ``table`` (one of the schema's tables)."""
         if table not in ("viewer_events", "probe_reports", "incidents"):
             raise ValueError(f"table: unknown {table!r}")
+        self._await_moved()
         return int(self._cursor().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def latest_probe_qoe(self) -> list[dict[str, Any]]:
