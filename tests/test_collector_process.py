@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -154,3 +155,67 @@ async def test_outage_then_flush_nothing_lost_nothing_duplicated(tmp_path: Path)
     con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
     ids = sorted(r[0] for r in con.execute("SELECT report_id FROM probe_reports").fetchall())
     assert ids == sorted(r["report_id"] for r in reports)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _recovered_rows(log: Path) -> int:
+    """``recovered_staged_rows`` of the last ``store_open`` line."""
+    opened = [json.loads(ln) for ln in log.read_text().splitlines() if '"store_open"' in ln]
+    return int(opened[-1]["recovered_staged_rows"])
+
+
+def _stored_batches(db: Path) -> dict[int, int]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT split_part(event_id, '-', 2)::BIGINT AS b, count(*) FROM viewer_events GROUP BY b"
+        ).fetchall()
+    finally:
+        con.close()
+    return dict(rows)
+
+
+@pytest.mark.timeout(180)
+async def test_kill_9_while_a_background_checkpoint_has_rows_staged(tmp_path: Path) -> None:
+    """Checkpoints every ~4 MiB of WAL; the collector is killed just after a group was committed to
+    staging (the staging WAL grew), i.e. during a checkpoint or a move. Restarting moves the staged rows:
+    every acknowledged batch is stored, none partially, none twice."""
+    port = free_port()
+    db = tmp_path / "db.duckdb"
+    cfg = write_config(tmp_path / "c.toml", db, port, checkpoint_wal_bytes=4 << 20)
+    staging_wal = Path(f"{db}.staging.wal")
+    log = tmp_path / "log"
+    recovered: list[int] = []
+    acked: list[int] = []
+    for attempt in range(5):
+        proc = start_collector(cfg, port, log)
+        stop = asyncio.Event()
+        base = f"http://127.0.0.1:{port}"
+        tasks = [asyncio.create_task(_stream(base, attempt * 10 + w, acked, stop)) for w in range(4)]
+        size = _size(staging_wal)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = _size(staging_wal)
+            if now > size and len(acked) >= 20:
+                break
+            size = now
+            await asyncio.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        stop.set()
+        await asyncio.gather(*tasks)
+        with collector_process(cfg, port, log):  # restart: WAL replay, then the staged rows are moved
+            pass
+        recovered.append(_recovered_rows(log))
+        stored = _stored_batches(db)
+        assert set(acked) <= set(stored), "an acknowledged batch is missing"
+        assert all(c == BATCH for c in stored.values()), "a partial (or doubled) batch was stored"
+        if recovered[-1] > 0:
+            break
+    assert max(recovered) > 0, f"never killed with rows staged: {recovered}"
