@@ -28,10 +28,12 @@ HotSpot/Squeeze/RobustSpot, written from scratch):
   to its best child when the child explains more and the slice's other leaves are not significantly
   elevated (a coarse slice is the cause only if its other viewers show it).
 * Ranked alternatives (for top-k) come from starting the greedy search from each of the best first
-  slices and ordering the finished sets by their penalised deviance. Each set that the specialisation
-  narrowed is followed by its un-narrowed version (the same search without the specialisation, from
-  the best first slice that was narrowed into it): the significance test that rejected the coarser
-  set can be a close call, and an alternative list without it would hide the parent from the operator.
+  slices and ordering the finished sets by their penalised deviance, computed from each set's final
+  slices alone (:func:`_set_gains`), so a set costs the same whichever start and ripple moves reached
+  it. Each set that the specialisation narrowed is followed by its un-narrowed version (the same
+  search without the specialisation, from the best first slice that was narrowed into it): the
+  significance test that rejected the coarser set can be a close call, and an alternative list
+  without it would hide the parent from the operator.
 """
 
 from __future__ import annotations
@@ -260,15 +262,14 @@ def localize(
     unnarrowed: dict[tuple[Slice, ...], tuple[tuple[Slice, ...], RankedSet]] = {}
     for first in firsts:
         args = (cub, codes, actual, expected, first, threshold, max_slices, min_share, rho, totals, max_order)
-        key, chosen, free = _grow(*args, order_cost=order_cost, narrow=True)
+        key = _grow(*args, order_cost=order_cost, narrow=True)
         if key not in results:
-            results[key] = _summarise(codes, actual, expected, chosen, free, threshold, totals, order_cost)
+            results[key] = _summarise(codes, actual, expected, key, threshold, order_cost)
         if key in unnarrowed:
             continue
-        key_u, chosen_u, free_u = _grow(*args, order_cost=order_cost, narrow=False)
+        key_u = _grow(*args, order_cost=order_cost, narrow=False)
         if _coarser(key_u, key):
-            rs_u = _summarise(codes, actual, expected, chosen_u, free_u, threshold, totals, order_cost)
-            unnarrowed[key] = (key_u, rs_u)
+            unnarrowed[key] = (key_u, _summarise(codes, actual, expected, key_u, threshold, order_cost))
     # The refined sets decide the order (the first one is the answer, unchanged); each is followed by
     # its un-narrowed version unless that is already listed.
     ranked: dict[tuple[Slice, ...], RankedSet] = {}
@@ -303,10 +304,10 @@ def _grow(
     *,
     order_cost: float,
     narrow: bool,
-) -> tuple[tuple[Slice, ...], list[tuple[float, float, Slice]], NDArray[np.bool_]]:
+) -> tuple[Slice, ...]:
     """Greedy forward selection of disjoint slices from ``first``, each passed through the ripple-effect
-    test (both directions when ``narrow``, else :func:`_generalise` only). Returns the set's key (its
-    slices sorted), the chosen (penalised gain, gain, slice) in order, and the leaves left uncovered."""
+    test (both directions when ``narrow``, else :func:`_generalise` only). Returns the set (its slices
+    sorted); its cost is computed from the set alone (:func:`_summarise`)."""
 
     def ripple(pick: tuple[float, float, Slice], free: NDArray[np.bool_]) -> tuple[float, float, Slice]:
         if narrow:
@@ -322,8 +323,7 @@ def _grow(
         g = ripple(nxt[0], free)
         chosen.append(g)
         free &= ~g[2].mask(codes)
-    key = tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
-    return key, chosen, free
+    return tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
 
 
 def _factor(v: float, e: float) -> float:
@@ -465,16 +465,49 @@ def _specialise(
     return cur
 
 
+def _set_gains(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    slices: Sequence[Slice],
+    order_cost: float,
+) -> list[tuple[float, float, Slice]]:
+    """The set's slices in the order the greedy search would add them if offered only these: at each step
+    the slice with the largest penalised gain over the leaves still uncovered. Returns (penalised gain,
+    gain, slice) per slice; the gains are deviance reductions (in units of the dispersion) and sum to the
+    whole set's, whatever order the search met the slices in, so the set's cost depends on the set only."""
+    free = np.ones(codes.shape[0], dtype=bool)
+    left = list(slices)
+    out: list[tuple[float, float, Slice]] = []
+    while left:
+        vo, eo = float(actual[free].sum()), float(expected[free].sum())
+        base = float(_xlogx_ratio(vo, eo))
+        scored = []
+        for sl in left:
+            m = sl.mask(codes) & free
+            vs, es = float(actual[m].sum()), float(expected[m].sum())
+            gain = 2.0 * float(_xlogx_ratio(vs, es) + _xlogx_ratio(vo - vs, eo - es) - base)
+            scored.append((gain * (1.0 - order_cost * (sl.order - 1)), gain, sl))
+        best = max(scored, key=lambda t: (t[0], t[2].items))
+        out.append(best)
+        left.remove(best[2])
+        free &= ~best[2].mask(codes)
+    return out
+
+
 def _summarise(
     codes: IntArray,
     actual: FloatArray,
     expected: FloatArray,
-    chosen: Sequence[tuple[float, float, Slice]],
-    free: NDArray[np.bool_],
+    slices: Sequence[Slice],
     threshold: float,
-    totals: FloatArray | None,
     order_cost: float,
 ) -> RankedSet:
+    """The set's evidence and cost, computed from its slices alone (not from how the search reached them)."""
+    chosen = _set_gains(codes, actual, expected, slices, order_cost)
+    free = np.ones(codes.shape[0], dtype=bool)
+    for _, _, sl in chosen:
+        free &= ~sl.mask(codes)
     vo = float(actual[free].sum())
     eo = float(expected[free].sum())
     k_out = vo / eo if eo > _EPS else 1.0

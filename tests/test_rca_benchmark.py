@@ -49,3 +49,55 @@ def test_coarse_slice_without_ripple_effect_is_specialised() -> None:
     ranked = localize(codes, actual, expected, threshold=10.0, totals=viewers, require_first=True)
     assert [e.slice.items for e in ranked[0].slices] == [((0, 0), (1, 0))]
     assert [e.slice.items for e in ranked[1].slices] == [((0, 0),)]
+
+
+
+def _deviance_gain(actual: np.ndarray, expected: np.ndarray, free: np.ndarray, m: np.ndarray) -> float:
+    """Poisson deviance gain of giving the leaves ``m`` their own factor when ``free`` are uncovered."""
+
+    def xlogx(v: float, e: float) -> float:
+        return v * float(np.log(v / e)) if v > 0 else 0.0
+
+    vo, eo = float(actual[free].sum()), float(expected[free].sum())
+    vs, es = float(actual[m & free].sum()), float(expected[m & free].sum())
+    return 2 * (xlogx(vs, es) + xlogx(vo - vs, eo - es) - xlogx(vo, eo))
+
+
+def test_set_cost_depends_on_the_set_only() -> None:
+    """Synthetic, no data needed: every ranked set's cost is computed from its slices with one formula,
+    whichever start and ripple moves reached it. The slices are listed in the order the greedy search would
+    add them if offered only these (largest penalised gain over the leaves still uncovered first), each
+    with the deviance gain of adding it there, and the cost is −Σ gain·(1 − order_cost·(order − 1)) +
+    threshold per slice. Before 2026-11-22 a slice generalised to its parent kept its gain unpenalised and
+    the gains followed the search's order, so one set could get different costs from different starts."""
+    from analysis.localize import localize
+
+    codes = np.array([(a, b, c) for a in range(3) for b in range(3) for c in range(4)], dtype=np.int64)
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(40):
+        viewers = rng.choice([300.0, 1000.0, 3000.0, 10_000.0], size=codes.shape[0])
+        expected = viewers * 0.02
+        actual = rng.poisson(expected).astype(np.float64)
+        for _ in range(int(rng.integers(1, 3))):  # one or two elevated slices of random order
+            m = np.ones(codes.shape[0], dtype=bool)
+            for d in rng.choice(3, int(rng.integers(1, 4)), replace=False):
+                m &= codes[:, d] == rng.integers(0, 3)
+            actual[m] = rng.poisson(expected[m] * rng.choice([2.0, 4.0, 8.0]))
+
+        for rs in localize(codes, actual, expected, threshold=10.0, totals=viewers, require_first=True):
+            free = np.ones(codes.shape[0], dtype=bool)
+            cost = 10.0 * len(rs.slices)
+            for i, e in enumerate(rs.slices):
+                weight = 1 - 0.1 * (e.slice.order - 1)
+                g = _deviance_gain(actual, expected, free, e.slice.mask(codes))
+                assert e.gain == pytest.approx(g, rel=1e-9, abs=1e-9)
+                for later in rs.slices[i + 1 :]:
+                    g_later = _deviance_gain(actual, expected, free, later.slice.mask(codes))
+                    g_later *= 1 - 0.1 * (later.slice.order - 1)
+                    assert e.gain * weight >= g_later - 1e-9
+                cost -= e.gain * weight
+                free &= ~e.slice.mask(codes)
+            assert rs.cost == pytest.approx(cost, rel=1e-9, abs=1e-9)
+            checked += 1
+    assert checked > 40
