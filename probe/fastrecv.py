@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
+import struct
 import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
@@ -87,10 +89,18 @@ class _Resume:
                     return
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux's receive-timestamp socket option (Python's socket module does not name it)."""
+_TIMESPEC = struct.Struct("@qq")
+RECV_MAX = 65536
+"""asyncio's ``max_size`` for a datagram read."""
+
+
 class DirectReceive:
     """Counts of the packets the direct path handled (tests check which path ran)."""
 
     def __init__(self) -> None:
+        self.kernel_timestamps = False
         self.packets = 0
         self.suspended = 0
         self.rejected = 0
@@ -100,7 +110,8 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
     """Handle ``dtls``'s incoming SRTP media synchronously from now on; None (and aiortc's path) if unable.
 
     Call once the transport is connected (its SRTP session and nominated ICE pair exist).
-    ``clock_ms`` gives arrival times on aiortc's clock (ms since 1900); the default reads the wall clock.
+    ``clock_ms`` gives arrival times on aiortc's clock (ms since 1900) when the kernel gives none; the
+    default reads the wall clock.
     """
     try:
         if dtls.state != "connected":
@@ -119,12 +130,12 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
     stats = DirectReceive()
     parse = RtpPacket.parse
 
-    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+    def deliver(data: bytes, addr: tuple[Any, ...], arrival_wall_ms: float | None) -> None:
         # SRTP: first byte 128..191 (RTP version 2); SRTCP has a packet type 192..208 in the second byte
         if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 209:
             aiortc_path(data, addr)
             return
-        arrival_ms = int(now_ms())
+        arrival_ms = now_ms() if arrival_wall_ms is None else arrival_wall_ms + _NTP_EPOCH_MS
         try:
             packet = parse(unprotect(data), ext_map)
         except (pylibsrtp.Error, ValueError):
@@ -137,5 +148,53 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
         if not drive(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms)):
             stats.suspended += 1
 
-    protocol.datagram_received = datagram_received
+    stats.kernel_timestamps = _read_with_kernel_timestamps(protocol, deliver)
+    if not stats.kernel_timestamps:
+
+        def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            deliver(data, addr, None)
+
+        protocol.datagram_received = datagram_received
     return stats
+
+
+Deliver = Callable[[bytes, tuple[Any, ...], float | None], None]
+"""(datagram, address, kernel receive time in ms since 1970 or None)."""
+
+
+def _read_with_kernel_timestamps(protocol: Any, deliver: Deliver) -> bool:
+    """Replace asyncio's reader of the protocol's UDP socket with one that asks the kernel for each
+    datagram's receive time (``SO_TIMESTAMPNS``); False (nothing changed) where that is unavailable.
+
+    Mirrors ``_SelectorDatagramTransport._read_ready``: one datagram per readiness event, errors to
+    ``error_received``; the transport still owns the socket and removes this reader when it closes.
+    """
+    try:
+        transport = protocol.transport
+        sock, loop, fd = transport._sock, transport._loop, transport._sock_fd
+        add_reader = loop._add_reader
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except (AttributeError, OSError) as exc:
+        _log_fallback(f"no kernel receive timestamps: {type(exc).__name__}: {exc}")
+        return False
+    anc_size = socket.CMSG_SPACE(_TIMESPEC.size)
+
+    def read_ready() -> None:
+        if transport._conn_lost:
+            return
+        try:
+            data, ancdata, _flags, addr = sock.recvmsg(RECV_MAX, anc_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            protocol.error_received(exc)
+            return
+        arrival: float | None = None
+        for level, kind, value in ancdata:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(value)
+                arrival = sec * 1000.0 + nsec / 1e6
+        deliver(data, addr, arrival)
+
+    add_reader(fd, read_ready)
+    return True

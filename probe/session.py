@@ -151,7 +151,10 @@ class Session:
     # --- callbacks from the taps -------------------------------------------------------------
     def _on_first_rtp(self, t_ms: float) -> None:
         if self.phases["first_rtp_ms"] is None:
-            self.phases["first_rtp_ms"] = t_ms
+            # the kernel's receive time can precede DTLS connected (the packet waited in the socket while the
+            # handshake finished); it counts from when it could be decrypted
+            dtls = self.phases["dtls_connected_ms"]
+            self.phases["first_rtp_ms"] = t_ms if dtls is None else max(t_ms, dtls)
         self._first_rtp.set()
 
     def _on_assembled(self, kind: str, info: FrameInfo, t_ms: float) -> None:

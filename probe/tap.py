@@ -32,6 +32,7 @@ import asyncio
 import fractions
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ AssembledCallback = Callable[[str, FrameInfo, float], None]
 
 
 _VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+_NTP_EPOCH_MS = 2_208_988_800_000
+"""aiortc's arrival times count from 1900-01-01."""
 _DECODERS = {"VP8": "vp8", "H264": "h264"}
 
 
@@ -217,9 +220,9 @@ class ReceiverTap:
         handle_rtp = r._handle_rtp_packet
         send_rtcp = r._send_rtcp
 
-        async def tapped_rtp(packet: Any, arrival_time_ms: int) -> None:
-            self.on_rtp(packet)
-            await handle_rtp(packet, arrival_time_ms)
+        async def tapped_rtp(packet: Any, arrival_time_ms: float) -> None:
+            self.on_rtp(packet, arrival_time_ms)
+            await handle_rtp(packet, int(arrival_time_ms))  # aiortc's estimator indexes by whole ms
 
         async def tapped_rtcp(packet: Any) -> None:
             if self.on_rtcp(packet):
@@ -228,8 +231,14 @@ class ReceiverTap:
         r._handle_rtp_packet = tapped_rtp
         r._send_rtcp = tapped_rtcp
 
-    def on_rtp(self, packet: Any) -> None:
+    def on_rtp(self, packet: Any, arrival_time_ms: float | None = None) -> None:
+        """Count an RTP packet. ``arrival_time_ms`` is the time aiortc's receiver is given (ms since 1900):
+        a float from the direct receive path (the kernel's receive time, ``probe.fastrecv``), used to
+        date the packet on the session clock; an int from aiortc's own path (the wall clock in whole ms
+        read just before), where the time now is the better reading."""
         now = self.now_ms()
+        if isinstance(arrival_time_ms, float):
+            now -= max(0.0, time.time() * 1000.0 + _NTP_EPOCH_MS - arrival_time_ms)
         if not self._first_rtp:
             self._first_rtp = True
             self.on_first_rtp(now)
