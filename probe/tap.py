@@ -77,6 +77,11 @@ class NackRetrier:
         self.max_retries = max_retries
         self._state: dict[int, tuple[float, int]] = {}  # seq -> (last NACK sent, retries)
 
+    def nacked(self, seqs: list[int], now_ms: float) -> None:
+        """aiortc sent its (first) NACK for ``seqs`` at ``now_ms``; the retry clock starts there."""
+        for seq in seqs:
+            self._state.setdefault(seq, (now_ms, 0))
+
     def due(self, missing: set[int], now_ms: float) -> list[int]:
         """Sequence numbers to NACK again now; forgets those no longer missing or out of retries."""
         for seq in list(self._state):
@@ -207,6 +212,7 @@ class ReceiverTap:
         self.nack_task: asyncio.Task[None] | None = None
         self.media_ssrc: int | None = None
         self.remb = RembThrottle()
+        self.nacks = NackRetrier()
 
     def install(self) -> None:
         r = self.receiver
@@ -263,9 +269,11 @@ class ReceiverTap:
         counter.add_original(packet.sequence_number, packet.timestamp, now, len(packet.payload))
 
     async def _resend_nacks(self, generator: Any) -> None:
-        retrier = NackRetrier()
+        retrier = self.nacks
         while True:
-            await asyncio.sleep(NACK_RETRY_MS / 4000.0)  # check 4 times per retry interval
+            # while packets are missing, check 4 times per retry interval; otherwise once per interval (a
+            # new gap's first NACK is noted by ``on_rtcp``, so its first retry is still on time)
+            await asyncio.sleep(NACK_RETRY_MS / (4000.0 if generator.missing else 1000.0))
             again = retrier.due(generator.missing, self.now_ms())
             if again and self.media_ssrc is not None:
                 await self.receiver._send_rtcp_nack(self.media_ssrc, again)
@@ -279,6 +287,7 @@ class ReceiverTap:
                 return True
             return self.remb.allow(bitrate, self.now_ms())
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.nacks.nacked(packet.lost, self.now_ms())
             c = self.counters.get(packet.media_ssrc)
             if c is not None:
                 c.nack_count += 1

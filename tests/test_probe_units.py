@@ -181,6 +181,17 @@ def test_nack_retrier_resends_every_interval_up_to_the_limit_and_forgets_recover
     assert r.due(set(), 500.0) == [] and r._state == {}
 
 
+def test_nack_retrier_counts_retries_from_the_first_nack_not_from_when_it_looked() -> None:
+    from probe.tap import NackRetrier
+
+    r = NackRetrier(retry_ms=100, max_retries=3)
+    r.nacked([20], 0.0)  # aiortc's first NACK, seen on the way out
+    assert r.due({20}, 90.0) == []  # the retrier's first look, 90 ms later
+    assert r.due({20}, 100.0) == [20]  # due 100 ms after the first NACK, not after the first look
+    r.nacked([20], 100.0)  # our own re-NACK passes the tap too: it does not reset the count
+    assert r._state[20] == (100.0, 1)
+
+
 def test_remb_throttle_follows_libwebrtc_interval_and_drop_rule() -> None:
     from probe.tap import RembThrottle
 
