@@ -42,13 +42,13 @@ def _cpu() -> float:
 
 
 async def _run_many(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
-                    labels: dict[str, str], first_index: int) -> list[dict[str, Any]]:
+                    labels: dict[str, str], first_index: int, fast_receive: bool = True) -> list[dict[str, Any]]:
     from probe.session import ProbeOptions, run_session
 
     async def one(i: int) -> dict[str, Any]:
         await asyncio.sleep(i * stagger_s)
         opts = ProbeOptions(url=url, duration_s=duration_s, decode=decode, labels=dict(labels),
-                            probe_id=f"load-{first_index + i}")
+                            probe_id=f"load-{first_index + i}", fast_receive=fast_receive)
         return (await run_session(opts)).to_dict()
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -67,25 +67,28 @@ async def _steady_window(n: int, duration_s: float, stagger_s: float) -> tuple[f
 
 
 async def _run_with_steady(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
-                           labels: dict[str, str], first_index: int) -> tuple[list[dict[str, Any]], Any]:
+                           labels: dict[str, str], first_index: int,
+                           fast_receive: bool = True) -> tuple[list[dict[str, Any]], Any]:
     steady = asyncio.ensure_future(_steady_window(n, duration_s, stagger_s))
-    reports = await _run_many(url, n, duration_s, decode, stagger_s, labels, first_index)
+    reports = await _run_many(url, n, duration_s, decode, stagger_s, labels, first_index, fast_receive)
     return reports, await steady
 
 
 def _worker(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
-            labels: dict[str, str], first_index: int) -> WorkerResult:
+            labels: dict[str, str], first_index: int, fast_receive: bool = True) -> WorkerResult:
     import logging
 
     logging.disable(logging.WARNING)  # a fleet's per-session warnings would drown the summary
     c0, t0 = _cpu(), time.monotonic()
-    reports, steady = asyncio.run(_run_with_steady(url, n, duration_s, decode, stagger_s, labels, first_index))
+    reports, steady = asyncio.run(_run_with_steady(url, n, duration_s, decode, stagger_s, labels, first_index,
+                                                   fast_receive))
     cpu = _cpu() - c0
     return WorkerResult(reports, cpu, time.monotonic() - t0, *(steady or (None, None)))
 
 
 def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decode: bool = True,
-              stagger_s: float = 0.05, labels: dict[str, str] | None = None) -> dict[str, Any]:
+              fast_receive: bool = True, stagger_s: float = 0.05,
+              labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``probes`` sessions over ``processes`` workers; returns the fleet summary with all reports."""
     processes = max(1, min(processes, probes))
     shares = [probes // processes + (1 if i < probes % processes else 0) for i in range(processes)]
@@ -95,7 +98,8 @@ def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decod
         futures = []
         first = 0
         for share in shares:
-            futures.append(pool.submit(_worker, url, share, duration_s, decode, stagger_s, labels or {}, first))
+            futures.append(pool.submit(_worker, url, share, duration_s, decode, stagger_s, labels or {}, first,
+                                       fast_receive))
             first += share
         results = [f.result() for f in futures]
     wall = time.monotonic() - t0
@@ -155,6 +159,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=multiprocessing.cpu_count(), help="worker processes")
     p.add_argument("--duration", type=float, default=20.0, help="session length, seconds")
     p.add_argument("--no-decode", action="store_true", help="probes count frames without decoding")
+    p.add_argument("--no-fast-receive", dest="fast_receive", action="store_false",
+                   help="probes take aiortc's own receive path (see streamqoe probe --help)")
     p.add_argument("--stagger", type=float, default=0.05, help="seconds between joins within a worker")
     p.add_argument("--json", metavar="FILE", help="write the summary with every report here")
 
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         print("streamqoe load: --probes and --processes must be ≥ 1", file=sys.stderr)
         return 2
     summary = run_fleet(args.url, args.probes, args.processes, args.duration, decode=not args.no_decode,
-                        stagger_s=args.stagger)
+                        fast_receive=args.fast_receive, stagger_s=args.stagger)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     brief = {k: v for k, v in summary.items() if k != "reports"}

@@ -9,6 +9,7 @@ Reference measured in the same run: one headless Chromium viewer's CPU (whole pr
 same stream, when Chromium and scripts/reference_viewer are available.
 
     .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100,200]
+        [--receive direct,aiortc]   # each fleet on the direct receive path and on aiortc's, back to back
 
 Loopback only; every run is bounded by --duration.
 """
@@ -65,22 +66,24 @@ def start_room(port: int, spec: str) -> subprocess.Popen[bytes]:
 
 
 def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, processes: int, duration: float,
-              decode: bool) -> dict[str, Any]:
+              decode: bool, fast_receive: bool = True) -> dict[str, Any]:
     before = get_json(room_truth_url)
     skipped0 = sum(e.get("ticks_skipped", 0) for e in before["encoders"].values())
     room_cpu0, t0 = cpu_seconds(room_pid), time.monotonic()
-    summary = run_fleet(url, probes, processes, duration, decode=decode, stagger_s=0.02)
+    load0 = os.getloadavg()[0]
+    summary = run_fleet(url, probes, processes, duration, decode=decode, fast_receive=fast_receive, stagger_s=0.02)
     room_cpu = (cpu_seconds(room_pid) - room_cpu0) / (time.monotonic() - t0)
     after = get_json(room_truth_url)
     skipped = sum(e.get("ticks_skipped", 0) for e in after["encoders"].values()) - skipped0
     return {
-        "mode": summary["mode"], "probes": probes, "processes": processes, "joined": summary["joined"],
+        "mode": summary["mode"], "receive": "direct" if fast_receive else "aiortc", "probes": probes,
+        "processes": processes, "joined": summary["joined"],
         "cpu_pct_per_probe": summary["cpu_pct_per_probe"],
         "cpu_steady": summary["cpu_pct_per_probe_steady"], "fps_mean": summary["fps_mean"],
         "false_freezes": summary["freezes_total"], "probes_with_freezes": summary["probes_with_freezes"],
         "ttff_p50_ms": summary["ttff_p50_ms"], "loss_pct": summary["loss_pct_mean"],
         "room_cpu_pct": round(100 * room_cpu, 1), "room_ticks_skipped": skipped,
-        "failures": summary["failures"],
+        "failures": summary["failures"], "load_1m": f"{load0:.1f}→{os.getloadavg()[0]:.1f}",
     }
 
 
@@ -142,6 +145,8 @@ def main() -> int:
     ap.add_argument("--nodecode", default="50,100", help="no-decode fleet sizes per worker process")
     ap.add_argument("--room-viewers", type=int, default=200, help="no-decode viewers for the room-capacity row")
     ap.add_argument("--spec", default="bench:1280x720@30:vp8:1500")
+    ap.add_argument("--receive", default="direct",
+                    help="receive paths to run each fleet with, in turn: direct (default), aiortc, or direct,aiortc")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     port = free_port()
@@ -151,12 +156,12 @@ def main() -> int:
     truth_url = f"http://127.0.0.1:{port}/rooms/{name}/truth"
     rows: list[dict[str, Any]] = []
     try:
-        for n in [int(x) for x in args.decode.split(",") if x]:
-            rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, True))
-            print(json.dumps(rows[-1]), file=sys.stderr)
-        for n in [int(x) for x in args.nodecode.split(",") if x]:
-            rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, False))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+        paths = [p.strip() == "direct" for p in args.receive.split(",") if p.strip()]
+        for decode, sizes in ((True, args.decode), (False, args.nodecode)):
+            for n in [int(x) for x in sizes.split(",") if x]:
+                for fast in paths:  # back to back, so both paths see the same machine
+                    rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, decode, fast))
+                    print(json.dumps(rows[-1]), file=sys.stderr)
         if args.room_viewers:
             rows.append(fleet_row(url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))
             print(json.dumps(rows[-1]), file=sys.stderr)
@@ -164,8 +169,9 @@ def main() -> int:
     finally:
         room.terminate()
         room.wait(10)
-    cols = ["mode", "probes", "processes", "joined", "cpu_pct_per_probe", "cpu_steady", "fps_mean", "false_freezes",
-            "probes_with_freezes", "ttff_p50_ms", "loss_pct", "room_cpu_pct", "room_ticks_skipped"]
+    cols = ["mode", "receive", "probes", "processes", "joined", "cpu_pct_per_probe", "cpu_steady", "fps_mean",
+            "false_freezes", "probes_with_freezes", "ttff_p50_ms", "loss_pct", "room_cpu_pct", "room_ticks_skipped",
+            "load_1m"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
