@@ -115,7 +115,7 @@ class CollectorMetrics:
         self.diverted = r.add(
             Histogram(
                 "streamqoe_store_diverted_seconds",
-                "Time the writer committed to staging per maintenance run (checkpoint, then moves).",
+                "Time the writer committed to staging per checkpoint (the main tables take no commit meanwhile).",
             )
         )
         self.moved_rows = r.add(

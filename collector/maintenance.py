@@ -1,20 +1,17 @@
 """The store's maintenance thread: checkpoints and staged-row moves, off the ack path.
 
 ``StoreMaintainer`` polls the main WAL's size; when it reaches the store's ``checkpoint_wal_bytes`` it calls
-``Store.maintain(checkpoint=True)`` (the writer commits to staging meanwhile, see ``collector.store``), and
-when staged rows are left over and the writer has not moved them (it is idle) it calls
-``Store.maintain(checkpoint=False)`` to move them.
+``Store.maintain(checkpoint=True)``: the checkpoint, during which the writer commits to staging, then the
+move of the staged rows into the main tables (see ``collector.store``). Staged rows left by a failed
+move are moved at the next poll.
 
-A checkpoint costs about 0.5–0.9 s of one core per 64 MiB of WAL, on the thread that runs it. On a
-machine with few cores that CPU would come out of the event loop and the writer, i.e. the ack latency,
-so on Linux this thread lowers its own priority (``nice``): the checkpoint then takes the idle CPU, and
-takes longer only when the machine is busy (the writer commits to staging meanwhile, so nothing waits).
+The thread keeps the process's priority: lowering it (``nice``) was tried and made things worse on a busy
+machine, as the checkpoint and the moves then took many times longer (more rows to stage and move) and
+DuckDB's own locks held by this thread made the writer wait (priority inversion).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable
 
@@ -29,12 +26,10 @@ class StoreMaintainer:
     """Runs ``store.maintain()`` on its own thread when due. ``on_run`` is called (on that thread) after
     every run that did something."""
 
-    def __init__(self, store: Store, *, poll_s: float = 0.05, idle_s: float = 0.2, retry_s: float = 1.0,
-                 nice: int = 10, on_run: Callable[[MaintenanceRun], None] | None = None) -> None:  # fmt: skip
+    def __init__(self, store: Store, *, poll_s: float = 0.05, retry_s: float = 1.0,
+                 on_run: Callable[[MaintenanceRun], None] | None = None) -> None:  # fmt: skip
         self._store = store
-        self._nice = nice
         self._poll_s = poll_s
-        self._idle_s = idle_s
         self._retry_s = retry_s
         self._on_run = on_run
         self._stop = threading.Event()
@@ -54,23 +49,18 @@ class StoreMaintainer:
         store = self._store
         if store.checkpoint_due():
             run = store.maintain(checkpoint=True)
-        elif store.staged_pending(self._idle_s):
+        elif store.staged_pending():
             run = store.maintain(checkpoint=False)
         else:
             return None
         if run.checkpoint_s is not None:
             log.info("store_checkpoint", checkpoint_s=round(run.checkpoint_s, 3), moved_rows=run.moved_rows,
-                     diverted_s=round(run.diverted_s, 3))  # fmt: skip
+                     move_s=round(run.move_s, 3))  # fmt: skip
         if self._on_run is not None:
             self._on_run(run)
         return run
 
     def _loop(self) -> None:
-        if self._nice and sys.platform == "linux":  # a thread id is a task id on Linux only
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
-            except OSError as e:
-                log.warning("store_maintainer_nice_failed", error=repr(e))
         while not self._stop.is_set():
             try:
                 ran = self.run_once()

@@ -10,10 +10,10 @@ connection runs it (measured with DuckDB 2.0, docs/collector.md). So a file-back
 automatic checkpoint off and ``maintain()`` (called by ``collector.maintenance`` on its own thread)
 checkpoints. While it does, the writer commits each group to a staging database attached beside the
 main file (``<db>.staging``, the same tables with a ``seq`` column): a checkpoint of one database does
-not hold up commits to another. ``maintain()`` then moves the staged rows into the main tables (an
-idempotent ``INSERT … ON CONFLICT DO NOTHING``, then a ``DELETE`` from staging) and hands the main tables
-back to the writer, which moves the last few staged groups before its next group. Reads wait until
-every row staged before they started has been moved, so they see every acknowledged item.
+not hold up commits to another. Once the checkpoint is done the writer commits to the main tables again,
+and ``maintain()`` moves the staged rows into them meanwhile (an idempotent insert, then a ``DELETE``
+from staging). Reads wait until every row staged before they started has been moved, so they see every
+acknowledged item.
 
 Idempotency: ``event_id``/``report_id``/``incident_id`` are primary keys. Events are first inserted
 with a plain ``INSERT`` (a resent event is rare, and ``ON CONFLICT … RETURNING`` costs about a third
@@ -56,8 +56,10 @@ _REPORT_FLOAT = frozenset(
 
 _STAGE = "stage"  # catalog name of the attached staging database
 _DISABLED_CHECKPOINT = "1000TiB"  # DuckDB's automatic checkpoint threshold when maintain() checkpoints
-_HANDBACK_ROWS = 5_000  # maintain() hands the main tables back once a move takes no more than this
-_MAX_MOVES = 8  # … or after this many moves (the writer staging faster than they move)
+_MOVE_ATTEMPTS = 5  # a move refused for a key conflict is redone (with ON CONFLICT) this often at most
+# a primary key refusing a row: when the statement runs, or at COMMIT when a concurrent transaction
+# committed the same key first (DuckDB raises TransactionException then)
+_KEY_CONFLICT = (duckdb.ConstraintException, duckdb.TransactionException)
 _MOVE_SQL = {
     "viewer_events": "INSERT INTO viewer_events ({cols}) SELECT {cols} FROM {stage}.viewer_events WHERE seq <= ?",
     "probe_reports": "INSERT INTO probe_reports ({cols}) SELECT {cols} FROM {stage}.probe_reports WHERE seq <= ? "
@@ -76,7 +78,9 @@ class MaintenanceRun:
     moved_rows: int
     """Rows moved from staging into the main tables (committed to staging while the main tables were busy)."""
     diverted_s: float
-    """How long the writer committed to staging instead of the main tables (the checkpoint, then the moves)."""
+    """How long the writer committed to staging instead of the main tables (the checkpoint)."""
+    move_s: float = 0.0
+    """Duration of the move (the writer commits to the main tables meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,8 @@ class ResultStream:
 
 class Store:
     """The collector's database. Write methods must be called from one thread at a time, ``maintain()``
-    from one other thread (a file-backed store checkpoints only there and at ``close()``)."""
+    from one other thread: a file-backed store checkpoints only there (and at ``close()``), so someone must
+    call it (``collector.maintenance.StoreMaintainer``)."""
 
     def __init__(self, path: str, *, checkpoint_wal_bytes: int = 64 << 20, wall_ms: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
@@ -207,10 +212,9 @@ class Store:
         self._state = threading.Condition()
         self._diverting = False
         self._staged_seq = 0  # last group committed to staging
-        self._staged_at = 0.0  # when (clock) it committed
         self._moved_seq = 0  # every group up to this one is in the main tables
-        self._stage_lock = threading.Lock()  # a staging DELETE and a staging insert never overlap
         self._maint: Any = None
+        self._move_lock = threading.Lock()  # one move at a time (maintain(), a read, the writer before an upsert)
         self._staging_dirty = False  # staging has had rows since its last checkpoint
         self.recovered_rows = 0
         """Rows found in staging at open (a crash while the main tables were busy), moved since."""
@@ -246,7 +250,7 @@ class Store:
     def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
         """Write every job in one transaction (group commit); a failed group is retried job by job.
 
-        The transaction goes to the main tables, or to staging while ``maintain()`` holds them.
+        The transaction goes to the main tables, or to staging while ``maintain()`` checkpoints them.
         Returns one result per job: its new/duplicate counts, or the exception that job raised.
         """
         with self._state:
@@ -258,26 +262,24 @@ class Store:
             if self._maint is None:
                 return self._write_group(jobs, dest)  # in memory: no checkpoints, no maintain()
             try:
-                if self._moved_seq < self._staged_seq:  # left by maintain(): moved before this group
-                    self._move_staged(self._con)
+                if any(j.kind == "incidents" for j in jobs):
+                    self._drain(self._con)  # an upsert: staged (older) versions first, then this one
                 return self._write_group(jobs, dest)
             finally:
                 self._main.release()
         try:
-            with self._stage_lock:
-                return self._write_group(jobs, dest)
+            return self._write_group(jobs, dest)
         finally:
             with self._state:
                 # a failed group stored nothing, and the number is still a valid upper bound
                 self._staged_seq = dest.seq
-                self._staged_at = self._clock()
                 self._staging_dirty = True
                 self._state.notify_all()
 
     def _write_group(self, jobs: Sequence[WriteJob], dest: _Dest) -> list[InsertResult | BaseException]:
         try:
             return self._transaction(jobs, dest, optimistic=True)
-        except duckdb.ConstraintException:
+        except _KEY_CONFLICT:
             pass  # an event already stored (a client's retry): redo the group with conflict handling
         except Exception:
             if len(jobs) == 1:
@@ -407,18 +409,16 @@ class Store:
         """True when the main WAL has reached ``checkpoint_wal_bytes``."""
         return self.wal_bytes() >= self.checkpoint_wal_bytes
 
-    def staged_pending(self, idle_s: float = 0.0) -> bool:
-        """True when groups committed to staging are not all in the main tables yet, and the last of them
-        committed at least ``idle_s`` seconds ago (the writer moves them itself with its next group)."""
+    def staged_pending(self) -> bool:
+        """True when groups committed to staging are not all in the main tables yet."""
         with self._state:
-            return self._moved_seq < self._staged_seq and self._clock() - self._staged_at >= idle_s
+            return self._moved_seq < self._staged_seq
 
     @contextlib.contextmanager
     def hold_main(self) -> Iterator[None]:
         """Hold the main tables: the writer commits its groups to staging until the block ends.
 
-        Waits for the writer's group in flight, if any (one commit), never for more. The staged rows are
-        moved by ``maintain()``, by the writer before its next group, or by a read that needs them.
+        Waits for the writer's group in flight, if any (one commit), never for more.
         """
         with self._state:
             self._diverting = True
@@ -432,41 +432,43 @@ class Store:
                 self._state.notify_all()
 
     def maintain(self, *, checkpoint: bool) -> MaintenanceRun:
-        """Checkpoint the main database (if ``checkpoint``) and move the staged rows into the main tables,
-        holding the main tables meanwhile (``hold_main``). One thread at a time; an in-memory store has
-        nothing to do.
-
-        The moves repeat while the writer keeps staging, until one moves at most ``_HANDBACK_ROWS`` rows
-        (or after ``_MAX_MOVES``); then the main tables are the writer's again, and its next group first
-        moves what is left (a few thousand rows), so the writer never waits for this thread.
+        """Checkpoint the main database (if ``checkpoint``), holding the main tables meanwhile
+        (``hold_main``), then move the staged rows into them while the writer writes them again.
+        One thread at a time; an in-memory store has nothing to do.
         """
         if self._maint is None:
             return MaintenanceRun(checkpoint_s=None, moved_rows=0, diverted_s=0.0)
-        if checkpoint and self._staging_dirty:
-            # the writer is not staging now (it has the main tables), so this stops nobody: staging holds
-            # at most the rows of a handed-back remainder, and this truncates its WAL
-            with self._stage_lock:
-                self._maint.execute(f"CHECKPOINT {_STAGE}")
-                self._staging_dirty = False
-        t0 = self._clock()
         checkpoint_s: float | None = None
-        moved = 0
-        with self.hold_main():
-            if checkpoint:
+        diverted_s = 0.0
+        if checkpoint:
+            if self._staging_dirty:  # truncate the staging WAL; milliseconds, as staging is empty by now
+                self._staging_dirty = False
+                self._maint.execute(f"CHECKPOINT {_STAGE}")
+            t1 = self._clock()
+            with self.hold_main():
                 self._maint.execute("CHECKPOINT")
-                checkpoint_s = self._clock() - t0
-            for _ in range(_MAX_MOVES):
-                n = self._move_staged(self._maint)
-                moved += n
-                if n <= _HANDBACK_ROWS:
-                    break
-        return MaintenanceRun(checkpoint_s=checkpoint_s, moved_rows=moved, diverted_s=self._clock() - t0)
+            checkpoint_s = diverted_s = self._clock() - t1
+        t2 = self._clock()
+        moved = self._drain(self._maint)
+        return MaintenanceRun(checkpoint_s=checkpoint_s, moved_rows=moved, diverted_s=diverted_s,
+                              move_s=self._clock() - t2)  # fmt: skip
+
+    def _drain(self, cur: Any) -> int:
+        """Move staged rows until none is left (none is staged unless ``hold_main`` is held); rows moved."""
+        moved = 0
+        with self._move_lock:
+            while self.staged_pending():
+                moved += self._move_staged(cur)
+        return moved
 
     def _move_staged(self, cur: Any, tables: Sequence[str] = STAGED_TABLES) -> int:
         """Move every group committed to staging into the main tables; the number of staged rows moved.
 
         Two transactions (DuckDB writes one database per transaction): the insert into the main tables
         is idempotent, so a crash between the two moves the same rows again at the next open, harmlessly.
+        The writer may commit to the main tables meanwhile: DuckDB lets transactions append different keys
+        concurrently, and refuses the second commit of a key appended by both (a client's retry of a staged
+        item), which is then redone with ``ON CONFLICT DO NOTHING``.
         """
         with self._state:
             hi = self._staged_seq
@@ -477,35 +479,35 @@ class Store:
             "probe_reports": (*REPORT_COLUMNS, "received_ms"),
             "incidents": ("incident_id", "start_ms", "end_ms", "segment", "summary"),
         }
-        for optimistic in (True, False):
+        for attempt in range(_MOVE_ATTEMPTS):
             try:
                 cur.execute("BEGIN TRANSACTION")
                 for t in tables:
                     sql = _MOVE_SQL[t].format(cols=", ".join(cols[t]), stage=_STAGE)
-                    if t == "viewer_events" and not optimistic:
+                    if t == "viewer_events" and attempt:
                         sql += " ON CONFLICT DO NOTHING"
                     cur.execute(sql, [hi])
                 cur.execute("COMMIT")
                 break
-            except duckdb.ConstraintException:
+            except _KEY_CONFLICT:
                 self._rollback(cur)  # an event the writer staged was in the main table already
-                if not optimistic:
+                if attempt == _MOVE_ATTEMPTS - 1:
                     raise
             except BaseException:
                 self._rollback(cur)
                 raise
         moved = 0
-        with self._stage_lock:
-            try:
-                cur.execute("BEGIN TRANSACTION")
-                for t in tables:
-                    moved += int(_scalar(cur, f"DELETE FROM {_STAGE}.{t} WHERE seq <= ?", [hi]))
-                cur.execute("COMMIT")
-            except BaseException:
-                self._rollback(cur)
-                raise
+        try:  # the writer may be staging newer groups meanwhile: DuckDB lets a delete and inserts of other
+            # keys run concurrently, and an insert of a key being deleted is refused (a duplicate: it is moved)
+            cur.execute("BEGIN TRANSACTION")
+            for t in tables:
+                moved += int(_scalar(cur, f"DELETE FROM {_STAGE}.{t} WHERE seq <= ?", [hi]))
+            cur.execute("COMMIT")
+        except BaseException:
+            self._rollback(cur)
+            raise
         with self._state:
-            self._moved_seq = hi
+            self._moved_seq = max(self._moved_seq, hi)
             self._state.notify_all()
         return moved
 
@@ -518,7 +520,7 @@ class Store:
             self._cursors.clear()
         try:
             if self._maint is not None:
-                self._move_staged(self._con)
+                self._drain(self._con)
                 left = sum(int(_scalar(self._con, f"SELECT count(*) FROM {_STAGE}.{t}")) for t in STAGED_TABLES)
                 self._maint.close()
                 self._con.execute(f"DETACH {_STAGE}")
@@ -532,23 +534,20 @@ class Store:
 
     def _await_moved(self, timeout_s: float = 60.0) -> None:
         """Return once every group staged before the call is in the main tables, so that a read sees every
-        acknowledged item: at once in the usual case (nothing staged), else after moving them on this thread
-        if the main tables are free, else after waiting for whoever holds them to move them."""
+        acknowledged item: at once in the usual case (nothing staged); else after the checkpoint, if one is
+        running (the main tables take no commit meanwhile), and the move (on this thread if nobody moves)."""
         deadline = self._clock() + timeout_s
         with self._state:
             target = self._staged_seq
-            while self._moved_seq < target:
-                if not self._diverting and self._main.acquire(blocking=False):
-                    break
-                if self._clock() >= deadline:
-                    raise TimeoutError(f"store: staged rows not in the main tables after {timeout_s:g} s")
-                self._state.wait(min(0.05, max(0.0, deadline - self._clock())))
-            else:
-                return
-        try:  # this thread holds the main tables: move what is staged (usually a handed-back remainder)
-            self._move_staged(self._cursor())
-        finally:
-            self._main.release()
+        while True:
+            with self._state:
+                while self._diverting and self._moved_seq < target:
+                    if self._clock() >= deadline:
+                        raise TimeoutError(f"store: staged rows not in the main tables after {timeout_s:g} s")
+                    self._state.wait(min(0.05, max(0.0, deadline - self._clock())))
+                if self._moved_seq >= target:
+                    return
+            self._drain(self._cursor())
 
     # -- reads (any thread; one cursor per thread) -------------------------------------------------------
 

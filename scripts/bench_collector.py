@@ -308,6 +308,25 @@ def main() -> int:
         f"| {_pct(lat, 0.999) * 1000:.0f} / {max(lat, default=float('nan')) * 1000:.0f} | {wal.checkpoints} "
         f"| {wal.largest_bytes / 2**20:.0f} |"
     )
+    def series(name: str) -> float | None:
+        vals = [float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(name + " ")]
+        return vals[0] if vals else None
+
+    n_ckpt = series("streamqoe_store_checkpoint_duration_seconds_count")
+    if n_ckpt is not None:  # a collector that checkpoints on its maintenance thread
+        ckpt_buckets = [
+            (float(ln.split('le="')[1].split('"')[0]), float(ln.split()[-1]))
+            for ln in metrics.splitlines()
+            if ln.startswith("streamqoe_store_checkpoint_duration_seconds_bucket")
+        ]
+        longest = min((le for le, c in ckpt_buckets if c >= n_ckpt), default=float("nan"))
+        print(
+            f"\nmaintenance (whole run): {n_ckpt:.0f} checkpoints, "
+            f"{series('streamqoe_store_checkpoint_duration_seconds_sum') or 0:.2f} s in total, "
+            f"longest ≤ {longest:g} s; "
+            f"writer committed to staging for {series('streamqoe_store_diverted_seconds_sum') or 0:.2f} s; "
+            f"{series('streamqoe_store_moved_rows_total') or 0:,.0f} rows moved"
+        )
     if export:
         print(
             f"\nexport: GET /v1/events over {export['lines']:,} events in {export['seconds']:.1f} s "

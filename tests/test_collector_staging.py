@@ -51,7 +51,22 @@ def test_groups_committed_while_the_main_tables_are_held_are_staged_then_moved(t
     assert not Path(f"{tmp_path / 's.duckdb'}.staging").exists()
 
 
-def test_the_writer_moves_what_is_left_before_its_next_group_so_upserts_keep_their_order(tmp_path: Path) -> None:
+def test_a_staged_item_resent_to_the_main_tables_before_the_move_is_stored_once(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s.duckdb"))
+    a = _batch(0)
+    with store.hold_main():
+        store.write_group([_job(a)])
+    # the main tables are the writer's again, the move has not run: the retry goes to the main table
+    assert store.write_group([_job(a[:10])]) == [InsertResult(new=10, duplicate=0)]
+    assert store.staged_pending()
+    assert store.maintain(checkpoint=False).moved_rows == 100  # 10 of them refused by the key: redone
+    assert store.query("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM viewer_events") == [
+        {"n": 100, "d": 100}
+    ]
+    store.close()
+
+
+def test_an_upsert_waits_for_the_staged_versions_so_upserts_keep_their_order(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s.duckdb"))
     with store.hold_main():
         store.write_group([_incident("first")])
