@@ -10,7 +10,7 @@ reference; the example below is complete::
     max_body_bytes = 8_388_608          # request body as sent (compressed or not) → 413 above
     max_decompressed_bytes = 67_108_864 # gzip bodies after decompression → 413 above (gzip bombs)
     max_batch_items = 50_000            # items per request → 413 above
-    checkpoint_wal_bytes = 67_108_864   # DuckDB checkpoint_threshold
+    checkpoint_wal_bytes = 16_777_216   # WAL size at which the maintenance thread checkpoints
     group_commit_max_rows = 50_000      # rows the writer merges into one transaction
     ingest_workers = 0                  # processes parsing event batches (0 = in the collector process)
     heartbeat_timeout_s = 60            # a session with no leave ends this long after its last event
@@ -62,7 +62,8 @@ class CollectorConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_decompressed_bytes: int = 64 * 1024 * 1024
     max_batch_items: int = 50_000
-    checkpoint_wal_bytes: int = 64 * 1024 * 1024
+    checkpoint_wal_bytes: int = 16 * 1024 * 1024
+    """WAL size (bytes) at which the maintenance thread checkpoints (off the ack path, collector.maintenance)."""
     group_commit_max_rows: int = 50_000
     ingest_workers: int = 0
     """Worker processes that parse and validate event batches (``collector.parse_pool``); 0 = inline."""

@@ -184,7 +184,7 @@ class Store:
     from one other thread: a file-backed store checkpoints only there (and at ``close()``), so someone must
     call it (``collector.maintenance.StoreMaintainer``)."""
 
-    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 64 << 20, wall_ms: Callable[[], int] | None = None,
+    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 16 << 20, wall_ms: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.path = path
         self._clock = clock
