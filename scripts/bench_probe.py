@@ -10,6 +10,7 @@ same stream, when Chromium and scripts/reference_viewer are available.
 
     .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100,200]
         [--receive direct,aiortc]   # each fleet on the direct receive path and on aiortc's, back to back
+        [--pin]                     # room on one core, probes on the other: probes per core, measured
 
 Loopback only; every run is bounded by --duration.
 """
@@ -53,9 +54,14 @@ def get_json(url: str) -> Any:
         return json.loads(r.read())
 
 
-def start_room(port: int, spec: str) -> subprocess.Popen[bytes]:
+def start_room(port: int, spec: str, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+    def pin() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
     proc = subprocess.Popen([sys.executable, "-m", "streamqoe", "--log-level", "warning", "room", "--port",
-                             str(port), "--room", spec], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(port), "--room", spec], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=pin)
     for _ in range(200):
         try:
             get_json(f"http://127.0.0.1:{port}/rooms")
@@ -145,12 +151,23 @@ def main() -> int:
     ap.add_argument("--nodecode", default="50,100", help="no-decode fleet sizes per worker process")
     ap.add_argument("--room-viewers", type=int, default=200, help="no-decode viewers for the room-capacity row")
     ap.add_argument("--spec", default="bench:1280x720@30:vp8:1500")
+    ap.add_argument("--pin", action="store_true",
+                    help="room on all CPUs but the last, probes (and Chromium) on the last one: how many probes one "
+                         "core carries, with the room unable to take that core's time")
     ap.add_argument("--receive", default="direct",
                     help="receive paths to run each fleet with, in turn: direct (default), aiortc, or direct,aiortc")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     port = free_port()
-    room = start_room(port, args.spec)
+    room_cpus: set[int] | None = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        room_cpus = set(cpus[:-1])
+        # this process, and so every probe worker and the Chromium reference it starts, on the last CPU
+        os.sched_setaffinity(0, {cpus[-1]})
+    room = start_room(port, args.spec, room_cpus)
     name = args.spec.split(":")[0]
     url = f"http://127.0.0.1:{port}/whep/{name}"
     truth_url = f"http://127.0.0.1:{port}/rooms/{name}/truth"
@@ -180,7 +197,8 @@ def main() -> int:
         print(f"\nreference: headless Chromium, 1 viewer, same stream: {json.dumps(reference)}")
     else:
         print("\nreference: headless Chromium not available (scripts/reference_viewer or /usr/bin/chromium missing)")
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
+    pinned = f"; room on CPUs {sorted(room_cpus)}, probes on CPU {sorted(os.sched_getaffinity(0))}" if room_cpus else ""
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end{pinned}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "reference": reference}, indent=1))
     return 0
