@@ -27,8 +27,8 @@ def _sql_list(values: list[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
-def from_duckdb(path: Path, from_ms: int, to_ms: int, lookahead_ms: int = 7 * DAY_MS) -> EventTable:
-    """Events with ``from_ms ≤ t_ms < to_ms + lookahead_ms`` from the collector's ``viewer_events``."""
+def connect(path: Path) -> Any:
+    """A read-only connection to a collector DuckDB file with a ``viewer_events`` table."""
     import duckdb
 
     if not path.is_file():
@@ -37,10 +37,20 @@ def from_duckdb(path: Path, from_ms: int, to_ms: int, lookahead_ms: int = 7 * DA
         con = duckdb.connect(str(path), read_only=True)
     except Exception as e:  # duckdb raises its own exception types for locked / corrupt files
         raise LoadError(f"{path}: cannot open as DuckDB ({e})") from None
+    con.execute("SET enable_progress_bar = false")
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "viewer_events" not in tables:
+        con.close()
+        raise LoadError(f"{path}: no viewer_events table (is this a streamqoe collector database?)")
+    return con
+
+
+def from_duckdb(path: Path, from_ms: int, to_ms: int, lookahead_ms: int = 7 * DAY_MS) -> EventTable:
+    """Events with ``from_ms ≤ t_ms < to_ms + lookahead_ms`` from the collector's ``viewer_events``."""
+    import duckdb
+
+    con = connect(path)
     try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "viewer_events" not in tables:
-            raise LoadError(f"{path}: no viewer_events table (is this a streamqoe collector database?)")
         hi = to_ms + lookahead_ms
         where = f"t_ms >= {int(from_ms)} AND t_ms < {int(hi)}"
         vocab: list[list[str]] = []

@@ -75,7 +75,7 @@ def _f64(a: Any) -> NDArray[np.float64]:
 def probes_from_duckdb(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
     """Reports whose session started in [from_ms, to_ms); an empty table when the file has no
     ``probe_reports`` table (a viewer-only database) or no reports in the window."""
-    from analysis.sql_aggregate import connect
+    from analysis.load import connect
 
     con = connect(path)
     try:
@@ -113,7 +113,7 @@ def probes_from_duckdb(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
 def probe_end(path: Path, started_from_ms: int, started_before_ms: int) -> int | None:
     """End (start + duration, ms) of the last probe session started in [started_from_ms,
     started_before_ms); None without any (or without a ``probe_reports`` table)."""
-    from analysis.sql_aggregate import connect
+    from analysis.load import connect
 
     con = connect(path)
     try:

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from analysis.aggregates import Aggregates
 from analysis.events_table import UNKNOWN
-from analysis.load import LoadError
+from analysis.load import LoadError, connect
 from analysis.series import Grid, Sessions, assign_leaves, session_grids, window_minutes
 from collector.events import DIMENSIONS
 
@@ -29,24 +29,6 @@ MINUTE_MS = 60_000
 
 def _dims_sql() -> str:
     return ", ".join(f"coalesce({d}, '{UNKNOWN}')" for d in DIMENSIONS)
-
-
-def connect(path: Path) -> Any:
-    """A read-only connection to a collector DuckDB file with a ``viewer_events`` table."""
-    import duckdb
-
-    if not path.is_file():
-        raise LoadError(f"{path}: no such file")
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except Exception as e:  # duckdb raises its own exception types for locked / corrupt files
-        raise LoadError(f"{path}: cannot open as DuckDB ({e})") from None
-    con.execute("SET enable_progress_bar = false")
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if "viewer_events" not in tables:
-        con.close()
-        raise LoadError(f"{path}: no viewer_events table (is this a streamqoe collector database?)")
-    return con
 
 
 def default_window(path: Path, from_ms: int | None = None) -> tuple[int, int] | None:

@@ -41,7 +41,7 @@ from probe import srtp
 
 log = structlog.get_logger()
 
-_NTP_EPOCH_MS = 2_208_988_800_000
+NTP_EPOCH_MS = 2_208_988_800_000
 """aiortc's ``clock.current_ms()`` counts from 1900-01-01; arrival times must use the same origin."""
 
 
@@ -126,7 +126,7 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
         return None
     if not fast:
         _log_fallback("pylibsrtp internals changed: using Session.unprotect")
-    now_ms = clock_ms or (lambda: time.time() * 1000.0 + _NTP_EPOCH_MS)
+    now_ms = clock_ms or (lambda: time.time() * 1000.0 + NTP_EPOCH_MS)
     stats = DirectReceive()
     parse = RtpPacket.parse
 
@@ -135,7 +135,7 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
         if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 209:
             aiortc_path(data, addr)
             return
-        arrival_ms = now_ms() if arrival_wall_ms is None else arrival_wall_ms + _NTP_EPOCH_MS
+        arrival_ms = now_ms() if arrival_wall_ms is None else arrival_wall_ms + NTP_EPOCH_MS
         try:
             packet = parse(unprotect(data), ext_map)
         except (pylibsrtp.Error, ValueError):

@@ -41,6 +41,7 @@ import av
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket, unpack_remb_fci
 
 from probe.bitstream import FrameInfo, frame_info
+from probe.fastrecv import NTP_EPOCH_MS
 from probe.rtpstats import StreamCounter
 
 
@@ -58,8 +59,6 @@ AssembledCallback = Callable[[str, FrameInfo, float], None]
 
 
 _VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
-_NTP_EPOCH_MS = 2_208_988_800_000
-"""aiortc's arrival times count from 1900-01-01."""
 _DECODERS = {"VP8": "vp8", "H264": "h264"}
 
 
@@ -244,7 +243,7 @@ class ReceiverTap:
         read just before), where the time now is the better reading."""
         now = self.now_ms()
         if isinstance(arrival_time_ms, float):
-            now -= max(0.0, time.time() * 1000.0 + _NTP_EPOCH_MS - arrival_time_ms)
+            now -= max(0.0, time.time() * 1000.0 + NTP_EPOCH_MS - arrival_time_ms)
         if not self._first_rtp:
             self._first_rtp = True
             self.on_first_rtp(now)

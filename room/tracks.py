@@ -61,11 +61,7 @@ class ViewerVideoTrack(MediaStreamTrack):
         if direct is not None and self._queue.empty():
             selected = self._select(source, frame)
             if selected is not None:
-                try:
-                    direct(selected)
-                except Exception:  # never let one viewer's send break the shared encoder loop
-                    log.exception("direct_send_failed", track=self.id)
-                    self.direct = None
+                _send_direct(self, direct, selected)
             return
         if self._queue.qsize() >= MAX_BACKLOG_FRAMES:
             self._flush_backlog()
@@ -183,11 +179,7 @@ class ViewerAudioTrack(MediaStreamTrack):
     def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None:
         direct = self.direct
         if direct is not None and self._queue.empty():
-            try:
-                direct(frame)
-            except Exception:  # never let one viewer's send break the shared encoder loop
-                log.exception("direct_send_failed", track=self.id)
-                self.direct = None
+            _send_direct(self, direct, frame)
             return
         if self._queue.qsize() >= 4 * MAX_BACKLOG_FRAMES:
             while not self._queue.empty():
@@ -214,3 +206,14 @@ class ViewerAudioTrack(MediaStreamTrack):
             self.source.unsubscribe(self)
             self._queue.put_nowait(None)
         super().stop()
+
+
+def _send_direct(track: ViewerVideoTrack | ViewerAudioTrack, direct: Callable[[EncodedFrame], None],
+                 frame: EncodedFrame) -> None:
+    """Send ``frame`` with the track's direct sender; a failure turns the direct path off for this track
+    (logged) and never reaches the shared encoder loop that called it."""
+    try:
+        direct(frame)
+    except Exception:
+        log.exception("direct_send_failed", track=track.id)
+        track.direct = None

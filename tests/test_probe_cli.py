@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -41,17 +42,24 @@ def streamqoe(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamqoe", *args]
 
 
-@pytest.fixture(scope="module")
-def room() -> Iterator[str]:
+@contextlib.contextmanager
+def room_process(name: str, spec: str = "640x360@30:vp8:600") -> Iterator[str]:
+    """``streamqoe room`` as a subprocess serving one room; yields its WHEP URL."""
     port = free_port()
-    proc = subprocess.Popen(streamqoe("room", "--port", str(port), "--room", "cli:640x360@30:vp8:600"),
+    proc = subprocess.Popen(streamqoe("room", "--port", str(port), "--room", f"{name}:{spec}"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/rooms")
-        yield f"http://127.0.0.1:{port}/whep/cli"
+        yield f"http://127.0.0.1:{port}/whep/{name}"
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def room() -> Iterator[str]:
+    with room_process("cli") as url:
+        yield url
 
 
 def start_collector(tmp: Path, port: int) -> subprocess.Popen[bytes]:

@@ -10,7 +10,6 @@ the jitter it reports stays what the network (here: loopback) did.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ import pytest
 
 from probe.report import Report
 from probe.session import ProbeOptions, Session
-from tests.test_probe_cli import free_port, streamqoe, wait_http
+from tests.test_probe_cli import room_process
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +26,8 @@ STALL_S, EVERY_S = 0.200, 0.400
 
 @pytest.fixture(scope="module")
 def room_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(streamqoe("room", "--port", str(port), "--room", "recv:640x360@30:vp8:600"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/rooms")
-        yield f"http://127.0.0.1:{port}/whep/recv"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with room_process("recv") as url:
+        yield url
 
 
 async def _session(url: str, *, fast_receive: bool, stall: bool) -> tuple[Report, Session]:
