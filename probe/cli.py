@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="session length from the join, seconds (default 10)")
     p.add_argument("--no-decode", action="store_true",
                    help="count frames and read resolution from the bitstream without decoding (dense load tests)")
+    p.add_argument("--no-loop-filter", dest="skip_loop_filter", action="store_true",
+                   help="decode without the in-loop deblocking filter: ~40 %% less decode CPU, every frame still "
+                        "decoded and its marker read (report mode decode-no-loop-filter)")
     p.add_argument("--no-fast-receive", dest="fast_receive", action="store_false",
                    help="take aiortc's own receive path instead of handling media in the socket callback")
     p.add_argument("--json", metavar="FILE", help="write the report here ('-' for stdout; default stdout unless a TTY)")
@@ -75,7 +78,7 @@ def _options(args: argparse.Namespace) -> ProbeOptions:
         url=args.url, duration_s=args.duration, decode=not args.no_decode, region=args.region,
         labels=dict(args.label), codec=args.codec, connect_timeout_s=args.connect_timeout,
         media_timeout_s=args.media_timeout, ice_servers=list(args.ice_server), ice_addresses=args.ice_addr,
-        fast_receive=args.fast_receive,
+        fast_receive=args.fast_receive, skip_loop_filter=args.skip_loop_filter,
     )
     if args.probe_id:
         opts.probe_id = args.probe_id

@@ -41,14 +41,14 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def _run_many(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
-                    labels: dict[str, str], first_index: int, fast_receive: bool = True) -> list[dict[str, Any]]:
+async def _run_many(url: str, n: int, duration_s: float, stagger_s: float, labels: dict[str, str],
+                    first_index: int, options: dict[str, Any]) -> list[dict[str, Any]]:
     from probe.session import ProbeOptions, run_session
 
     async def one(i: int) -> dict[str, Any]:
         await asyncio.sleep(i * stagger_s)
-        opts = ProbeOptions(url=url, duration_s=duration_s, decode=decode, labels=dict(labels),
-                            probe_id=f"load-{first_index + i}", fast_receive=fast_receive)
+        opts = ProbeOptions(url=url, duration_s=duration_s, labels=dict(labels), probe_id=f"load-{first_index + i}",
+                            **options)
         return (await run_session(opts)).to_dict()
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -66,30 +66,31 @@ async def _steady_window(n: int, duration_s: float, stagger_s: float) -> tuple[f
     return _cpu() - c0, time.monotonic() - t0
 
 
-async def _run_with_steady(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
-                           labels: dict[str, str], first_index: int,
-                           fast_receive: bool = True) -> tuple[list[dict[str, Any]], Any]:
+async def _run_with_steady(url: str, n: int, duration_s: float, stagger_s: float, labels: dict[str, str],
+                           first_index: int, options: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
     steady = asyncio.ensure_future(_steady_window(n, duration_s, stagger_s))
-    reports = await _run_many(url, n, duration_s, decode, stagger_s, labels, first_index, fast_receive)
+    reports = await _run_many(url, n, duration_s, stagger_s, labels, first_index, options)
     return reports, await steady
 
 
-def _worker(url: str, n: int, duration_s: float, decode: bool, stagger_s: float,
-            labels: dict[str, str], first_index: int, fast_receive: bool = True) -> WorkerResult:
+def _worker(url: str, n: int, duration_s: float, stagger_s: float, labels: dict[str, str], first_index: int,
+            options: dict[str, Any]) -> WorkerResult:
     import logging
 
     logging.disable(logging.WARNING)  # a fleet's per-session warnings would drown the summary
     c0, t0 = _cpu(), time.monotonic()
-    reports, steady = asyncio.run(_run_with_steady(url, n, duration_s, decode, stagger_s, labels, first_index,
-                                                   fast_receive))
+    reports, steady = asyncio.run(_run_with_steady(url, n, duration_s, stagger_s, labels, first_index, options))
     cpu = _cpu() - c0
     return WorkerResult(reports, cpu, time.monotonic() - t0, *(steady or (None, None)))
 
 
 def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decode: bool = True,
-              fast_receive: bool = True, stagger_s: float = 0.05,
+              fast_receive: bool = True, skip_loop_filter: bool = False, stagger_s: float = 0.05,
               labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``probes`` sessions over ``processes`` workers; returns the fleet summary with all reports."""
+    from probe.session import ProbeOptions
+
+    options: dict[str, Any] = {"decode": decode, "fast_receive": fast_receive, "skip_loop_filter": skip_loop_filter}
     processes = max(1, min(processes, probes))
     shares = [probes // processes + (1 if i < probes % processes else 0) for i in range(processes)]
     ctx = multiprocessing.get_context("spawn")  # no aiortc threads or loops inherited by fork
@@ -98,15 +99,14 @@ def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decod
         futures = []
         first = 0
         for share in shares:
-            futures.append(pool.submit(_worker, url, share, duration_s, decode, stagger_s, labels or {}, first,
-                                       fast_receive))
+            futures.append(pool.submit(_worker, url, share, duration_s, stagger_s, labels or {}, first, options))
             first += share
         results = [f.result() for f in futures]
     wall = time.monotonic() - t0
-    return summarize(results, probes=probes, wall_s=wall, decode=decode)
+    return summarize(results, probes=probes, wall_s=wall, mode=ProbeOptions(url=url, **options).mode)
 
 
-def summarize(results: list[WorkerResult], *, probes: int, wall_s: float, decode: bool) -> dict[str, Any]:
+def summarize(results: list[WorkerResult], *, probes: int, wall_s: float, mode: str) -> dict[str, Any]:
     """Fleet summary: joins by outcome, TTFF p50/p95 (ms), freezes, fps, CPU % per probe."""
     reports = [r for w in results for r in w.reports]
     ok = [r for r in reports if r["failure"] is None]
@@ -121,7 +121,7 @@ def summarize(results: list[WorkerResult], *, probes: int, wall_s: float, decode
     return {
         "probes": probes,
         "processes": len(results),
-        "mode": "decode" if decode else "no-decode",
+        "mode": mode,
         "joined": len(ok),
         "failures": failures,
         "ttff_p50_ms": percentile(ttff, 50),
@@ -159,6 +159,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=multiprocessing.cpu_count(), help="worker processes")
     p.add_argument("--duration", type=float, default=20.0, help="session length, seconds")
     p.add_argument("--no-decode", action="store_true", help="probes count frames without decoding")
+    p.add_argument("--no-loop-filter", dest="skip_loop_filter", action="store_true",
+                   help="probes decode without the deblocking filter (see streamqoe probe --help)")
     p.add_argument("--no-fast-receive", dest="fast_receive", action="store_false",
                    help="probes take aiortc's own receive path (see streamqoe probe --help)")
     p.add_argument("--stagger", type=float, default=0.05, help="seconds between joins within a worker")
@@ -170,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         print("streamqoe load: --probes and --processes must be ≥ 1", file=sys.stderr)
         return 2
     summary = run_fleet(args.url, args.probes, args.processes, args.duration, decode=not args.no_decode,
-                        fast_receive=args.fast_receive, stagger_s=args.stagger)
+                        fast_receive=args.fast_receive, skip_loop_filter=args.skip_loop_filter,
+                        stagger_s=args.stagger)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     brief = {k: v for k, v in summary.items() if k != "reports"}

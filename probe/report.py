@@ -45,7 +45,7 @@ FAILURE_CODES = frozenset(
 _HTTP_FAILURE = re.compile(r"^(whep|janus)_http_[1-5][0-9][0-9]$")
 
 SIGNALING_KINDS = frozenset({"whep", "janus"})
-MODES = frozenset({"decode", "no-decode"})
+MODES = frozenset({"decode", "decode-no-loop-filter", "no-decode"})
 EVENT_TYPES = frozenset(
     {
         "freeze_start",
@@ -352,7 +352,7 @@ class Summary(_Record):
     """The measurement of one session."""
 
     mode: str
-    """``decode`` or ``no-decode``."""
+    """``decode``, ``decode-no-loop-filter`` (decoded without the deblocking filter) or ``no-decode``."""
     join: JoinPhases
     video: VideoSummary | None = None
     audio: AudioSummary | None = None

@@ -11,6 +11,7 @@ same stream, when Chromium and scripts/reference_viewer are available.
     .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100,200]
         [--receive direct,aiortc]   # each fleet on the direct receive path and on aiortc's, back to back
         [--pin]                     # room on one core, probes on the other: probes per core, measured
+        [--loop-filter on,off]      # decode fleets with and without the deblocking filter, back to back
 
 Loopback only; every run is bounded by --duration.
 """
@@ -72,12 +73,13 @@ def start_room(port: int, spec: str, cpus: set[int] | None = None) -> subprocess
 
 
 def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, processes: int, duration: float,
-              decode: bool, fast_receive: bool = True) -> dict[str, Any]:
+              decode: bool, fast_receive: bool = True, skip_loop_filter: bool = False) -> dict[str, Any]:
     before = get_json(room_truth_url)
     skipped0 = sum(e.get("ticks_skipped", 0) for e in before["encoders"].values())
     room_cpu0, t0 = cpu_seconds(room_pid), time.monotonic()
     load0 = os.getloadavg()[0]
-    summary = run_fleet(url, probes, processes, duration, decode=decode, fast_receive=fast_receive, stagger_s=0.02)
+    summary = run_fleet(url, probes, processes, duration, decode=decode, fast_receive=fast_receive,
+                        skip_loop_filter=skip_loop_filter, stagger_s=0.02)
     room_cpu = (cpu_seconds(room_pid) - room_cpu0) / (time.monotonic() - t0)
     after = get_json(room_truth_url)
     skipped = sum(e.get("ticks_skipped", 0) for e in after["encoders"].values()) - skipped0
@@ -156,6 +158,8 @@ def main() -> int:
                          "core carries, with the room unable to take that core's time")
     ap.add_argument("--receive", default="direct",
                     help="receive paths to run each fleet with, in turn: direct (default), aiortc, or direct,aiortc")
+    ap.add_argument("--loop-filter", default="on",
+                    help="decode fleets with the deblocking filter on (default), off (--no-loop-filter), or on,off")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     port = free_port()
@@ -174,11 +178,13 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     try:
         paths = [p.strip() == "direct" for p in args.receive.split(",") if p.strip()]
+        skips = [p.strip() == "off" for p in args.loop_filter.split(",") if p.strip()]
         for decode, sizes in ((True, args.decode), (False, args.nodecode)):
             for n in [int(x) for x in sizes.split(",") if x]:
-                for fast in paths:  # back to back, so both paths see the same machine
-                    rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, decode, fast))
-                    print(json.dumps(rows[-1]), file=sys.stderr)
+                for skip in skips if decode else [False]:
+                    for fast in paths:  # back to back, so every variant sees the same machine
+                        rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, decode, fast, skip))
+                        print(json.dumps(rows[-1]), file=sys.stderr)
         if args.room_viewers:
             rows.append(fleet_row(url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))
             print(json.dumps(rows[-1]), file=sys.stderr)

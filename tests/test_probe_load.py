@@ -1,0 +1,46 @@
+"""`streamqoe load`: a fleet of probes in worker processes against the room, summarised."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_probe_cli import room_process, streamqoe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def room_url() -> Iterator[str]:
+    with room_process("fleet") as url:
+        yield url
+
+
+def test_load_runs_a_fleet_over_processes_and_summarises_it(room_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    done = subprocess.run(
+        streamqoe("load", room_url, "--probes", "3", "--processes", "2", "--duration", "6", "--no-loop-filter",
+                  "--json", str(out)),
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    brief = json.loads(done.stdout)  # the summary without the reports, on stdout
+    summary = json.loads(out.read_text())
+    assert brief["joined"] == summary["joined"] == 3 and summary["processes"] == 2
+    assert summary["mode"] == "decode-no-loop-filter"
+    reports = summary["reports"]
+    assert sorted(r["probe_id"] for r in reports) == ["load-0", "load-1", "load-2"]
+    assert {r["summary"]["mode"] for r in reports} == {"decode-no-loop-filter"}
+    # a clean room: every probe decodes about 30 fps and reads its marker; nothing froze
+    assert summary["freezes_total"] == 0
+    assert 20 <= summary["fps_mean"] <= 31, summary["fps_mean"]
+    assert all(r["summary"]["video"]["latency_p50_ms"] is not None for r in reports)
+    assert summary["cpu_pct_per_probe"] is not None and summary["cpu_pct_per_probe"] > 0
+
+
+def test_load_refuses_an_empty_fleet(room_url: str) -> None:
+    done = subprocess.run(streamqoe("load", room_url, "--probes", "0"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--probes and --processes must be ≥ 1" in done.stderr
