@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from collector.errors import ApiError
+from collector.event_columns import BatchError, EventColumns, event_columns
 
 _ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 
@@ -47,14 +49,27 @@ async def read_limited(request: web.Request, *, max_body: int, max_decompressed:
     return b"".join(chunks)
 
 
-def parse_items(body: bytes, content_type: str, *, max_items: int) -> tuple[list[Any], bool]:
+def parse_items(body: bytes, content_type: str, *, max_items: int, fast: bool = False) -> tuple[list[Any], bool]:
     """Decode the items of an ingest body. Returns (items, was_a_batch).
 
     ``application/x-ndjson``: one JSON value per line (blank lines ignored). Otherwise JSON: an array
     (a batch) or a single object. ``ApiError(400)`` names the line for NDJSON errors.
+
+    ``fast``: decode with orjson (about half the CPU of ``json.loads``), and with the standard library
+    whatever orjson refuses, so the errors, and the values of what only ``json`` accepts (``NaN``,
+    ``Infinity``, lone surrogates), are the standard library's. On input both accept the values are the
+    same except integers beyond 64 bits, which orjson returns as floats: a caller using ``fast`` must
+    refuse any such value and then decode again without ``fast`` to word the error (``parse_event_body``).
     """
     if not body.strip():
         raise ApiError(400, "empty body")
+    if fast and content_type in ("application/json", ""):
+        try:
+            obj: Any = orjson.loads(body)  # valid UTF-8 is part of what it checks
+        except orjson.JSONDecodeError:
+            pass  # the standard library words the error (or accepts NaN and the like)
+        else:
+            return _batch(obj, max_items)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -65,7 +80,7 @@ def parse_items(body: bytes, content_type: str, *, max_items: int) -> tuple[list
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                items.append(_loads_fast(line) if fast else json.loads(line))
             except (ValueError, RecursionError) as e:
                 raise ApiError(400, f"line {n}: invalid JSON: {_msg(e)}", item=len(items)) from None
             if len(items) > max_items:
@@ -81,6 +96,38 @@ def parse_items(body: bytes, content_type: str, *, max_items: int) -> tuple[list
         obj = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"invalid JSON: {_msg(e)}") from None
+    return _batch(obj, max_items)
+
+
+def parse_event_body(body: bytes, content_type: str, *, max_items: int) -> EventColumns:
+    """An events body, decoded (``parse_items`` with ``fast``) and validated (``event_columns``).
+
+    Raises ``ApiError`` for the body, ``BatchError`` (with ``items``, the batch's size) for the first
+    invalid item: the same errors, and the same columns, as ``parse_items`` without ``fast``.
+    """
+    items, _ = parse_items(body, content_type, max_items=max_items, fast=True)
+    try:
+        return event_columns(items)
+    except BatchError:
+        pass
+    # orjson returns integers beyond 64 bits as floats, which no event field accepts: decode again with
+    # the standard library, so that the error shows the value as sent (rejected batches only)
+    items, _ = parse_items(body, content_type, max_items=max_items)
+    try:
+        return event_columns(items)
+    except BatchError as e:
+        raise BatchError(e.index, str(e), items=len(items)) from None
+
+
+def _loads_fast(text: str) -> Any:
+    """orjson, else the standard library (its error, or its value for what only it accepts)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def _batch(obj: Any, max_items: int) -> tuple[list[Any], bool]:
     if isinstance(obj, list):
         if not obj:
             raise ApiError(400, "empty batch")

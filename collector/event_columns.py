@@ -63,11 +63,15 @@ class EventColumns:
 
 
 class BatchError(ValueError):
-    """Item ``index`` of the batch is invalid; the message names the field like ``event_row``'s."""
+    """Item ``index`` of the batch is invalid; the message names the field like ``event_row``'s.
 
-    def __init__(self, index: int, message: str) -> None:
+    ``items``: the batch's size, when the raiser knows it and the catcher may not (``parse_event_body``).
+    """
+
+    def __init__(self, index: int, message: str, *, items: int | None = None) -> None:
         super().__init__(message)
         self.index = index
+        self.items = items
 
 
 def event_columns(items: list[Any]) -> EventColumns:

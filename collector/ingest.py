@@ -12,10 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from collector.auth import require_role
-from collector.body import parse_items, read_limited
+from collector.body import parse_event_body, parse_items, read_limited
 from collector.config import Token
 from collector.errors import ApiError, field_of
-from collector.event_columns import BatchError, event_columns
+from collector.event_columns import BatchError
 from collector.parse_pool import batch_size
 from collector.reports import REPORT_COLUMNS, report_row
 from collector.state import CONFIG, METRICS, PARSE_POOL, REQ_ITEMS, REQ_TOKEN, TOKENS, WRITER
@@ -58,23 +58,22 @@ def _reject(request: web.Request, endpoint: str, n: int, i: int, e: ValueError) 
 async def post_events(request: web.Request) -> web.Response:
     """Store a batch of viewer events (JSON array, one object, or NDJSON)."""
     pool = request.app.get(PARSE_POOL)
-    if pool is None:
-        items, _ = await _items(request, "events", "platform")
-        try:
-            columns = event_columns(items)
-        except BatchError as e:
-            raise _reject(request, "events", len(items), e.index, e) from None
-        return await _commit(request, "events", WriteJob("events", events=columns))
     body, _ = await _body(request, "platform")
     cfg = request.app[CONFIG]
+    ctype = request.content_type if request.body_exists else ""
     try:
-        n, columns = await pool.events(body, request.content_type if request.body_exists else "",
-                                       cfg.max_batch_items)  # fmt: skip
+        if pool is None:
+            columns = parse_event_body(body, ctype, max_items=cfg.max_batch_items)
+            n = columns.n
+        else:
+            n, columns = await pool.events(body, ctype, cfg.max_batch_items)
     except ApiError:
         request.app[METRICS].items.inc(("events", "rejected"))
         raise
     except BatchError as e:
-        raise _reject(request, "events", batch_size(e) or 0, e.index, e) from None
+        n = batch_size(e) or 0
+        request[REQ_ITEMS] = n
+        raise _reject(request, "events", n, e.index, e) from None
     request[REQ_ITEMS] = n
     return await _commit(request, "events", WriteJob("events", events=columns))
 

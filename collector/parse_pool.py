@@ -3,9 +3,10 @@
 ``json.loads`` and validation hold the GIL for ~5 ms per 1,000 events; together with DuckDB's insert
 (which also holds it for much of its work) that caps the collector process at about one core. With
 ``ingest_workers = N`` (configuration) the body goes to one of N worker processes, which run
-``parse_items`` + ``event_columns`` and send back the columns compactly: each string column as one
-string joined by ``\\x00`` (``\\x01`` for a missing value; validated ids and dimensions contain no control
-characters), numeric columns as numpy arrays. Unpacking costs the collector ~1 ms per 1,000 events.
+``parse_event_body`` (``parse_items`` + ``event_columns``) and send back the columns compactly: each
+string column as one string joined by ``\\x00`` (``\\x01`` for a missing value; validated ids and
+dimensions contain no control characters), numeric columns as numpy arrays. Unpacking costs the
+collector ~1 ms per 1,000 events.
 
 Errors cross the process boundary as data and are raised again as the same ``ApiError`` / ``BatchError``,
 so responses are identical with and without workers. A worker that dies (OOM, kill) breaks the pool: the
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 import structlog
 
-from collector.body import parse_items
+from collector.body import parse_event_body
 from collector.errors import ApiError
-from collector.event_columns import BatchError, EventColumns, event_columns
+from collector.event_columns import BatchError, EventColumns
 from collector.events import ROW_FIELDS
 
 log = structlog.get_logger()
@@ -46,13 +47,11 @@ def parse_events(body: bytes, content_type: str, max_items: int) -> Packed:
     or ``("batch", index, message, n)`` for the first invalid item of ``n``.
     """
     try:
-        items, _ = parse_items(body, content_type, max_items=max_items)
+        cols = parse_event_body(body, content_type, max_items=max_items)
     except ApiError as e:
         return ("api", e.status, e.message, e.item, e.field, 0)
-    try:
-        cols = event_columns(items)
     except BatchError as e:
-        return ("batch", e.index, str(e), len(items))
+        return ("batch", e.index, str(e), e.items)
     c = cols.columns
     strings = {k: _SEP.join([_NONE if v is None else v for v in c[k].tolist()]) for k in _STRINGS}
     numbers = {k: v for k, v in c.items() if k not in strings}
@@ -67,7 +66,7 @@ def unpack(packed: Packed) -> tuple[int, EventColumns]:
         raise ApiError(status, message, item=item, field=field)
     if tag == "batch":
         _, index, message, n = packed
-        raise _CountedBatchError(index, message, n)
+        raise BatchError(index, message, items=n)
     _, n, strings, numbers = packed
     out: dict[str, Any] = dict(numbers)
     for k, s in strings.items():
@@ -78,15 +77,9 @@ def unpack(packed: Packed) -> tuple[int, EventColumns]:
     return n, EventColumns(n, {k: out[k] for k in ROW_FIELDS})
 
 
-class _CountedBatchError(BatchError):
-    def __init__(self, index: int, message: str, n: int) -> None:
-        super().__init__(index, message)
-        self.items = n
-
-
 def batch_size(e: BatchError) -> int | None:
     """The batch's item count when ``e`` came from a worker (the collector did not see the items)."""
-    return e.items if isinstance(e, _CountedBatchError) else None
+    return e.items
 
 
 class ParsePool:

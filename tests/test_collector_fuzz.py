@@ -281,3 +281,90 @@ def test_worker_packing_matches_inline(body: bytes, ndjson: bool) -> None:
         return len(items), event_columns(items)
 
     assert _outcome(lambda: unpack(parse_events(body, ctype, 4))) == _outcome(inline)
+
+
+def _has_big_int(v: Any) -> bool:
+    """An integer orjson cannot hold in 64 bits (it returns a float for it)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return not -(2**63) <= v < 2**64
+    if isinstance(v, list):
+        return any(_has_big_int(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_big_int(x) for x in v.values())
+    return False
+
+
+def _parsed(body: bytes, ctype: str, fast: bool) -> Any:
+    from collector.body import parse_items
+    from collector.errors import ApiError
+
+    try:
+        items, batch = parse_items(body, ctype, max_items=50, fast=fast)
+    except ApiError as e:
+        return ("api", e.status, e.message, e.item)
+    return ("ok", repr(items), batch)  # repr: 1 vs 1.0, -0.0 and NaN compare as written
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=json_values | st.lists(json_values, min_size=1, max_size=4), ndjson=st.booleans(),
+       raw=st.binary(max_size=60))  # fmt: skip
+def test_fast_parse_matches_standard_library(value: Any, ndjson: bool, raw: bytes) -> None:
+    """orjson (with the standard library for what it refuses) decodes exactly like json.loads, errors
+    included, except integers beyond 64 bits (orjson: floats), which parse_event_body re-decodes."""
+    ctype = "application/x-ndjson" if ndjson else "application/json"
+    if ndjson and isinstance(value, list):
+        text = "\n".join(json.dumps(v, allow_nan=True) for v in value)
+    else:
+        text = json.dumps(value, allow_nan=True, ensure_ascii=False)
+    for body in (text.encode("utf-8", "surrogatepass"), raw, text.encode("utf-8", "surrogatepass")[:-1] + raw):
+        if not _has_big_int(value) or body == raw:
+            assert _parsed(body, ctype, True) == _parsed(body, ctype, False), body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps([event(0), {**event(1), "stall_count": 2**70}]),  # orjson: a float
+        json.dumps([event(0), {**{k: v for k, v in event(1).items() if k != "t"}, "t_ms": 10**20}]),
+        json.dumps([{**event(0), "event_id": 10**25}]),
+        json.dumps([event(0), {**event(1), "bitrate_kbps": float("nan")}], allow_nan=True),  # orjson refuses NaN
+        json.dumps([{**event(0), "room": "\ud800"}]),  # a lone surrogate: orjson refuses it, json accepts it
+        '[{"a": 1}, ' + "1" * 5000 + "]",
+        "[" * 5000 + "]" * 5000,
+        '[{"event_id": "\xff"}]',
+    ],
+)
+def test_parse_event_body_errors_match_standard_library(body: str) -> None:
+    from collector.body import parse_event_body, parse_items
+    from collector.event_columns import event_columns
+
+    data = body.encode("utf-8", "surrogatepass") if "\xff" not in body else body.encode("latin-1")
+
+    def std() -> Any:
+        items, _ = parse_items(data, "application/json", max_items=50)
+        return len(items), event_columns(items)
+
+    def fast() -> Any:
+        cols = parse_event_body(data, "application/json", max_items=50)
+        return cols.n, cols
+
+    assert _outcome(fast) == _outcome(std)
+
+
+def test_fast_parse_does_not_use_json_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typical bodies (JSON array, NDJSON) are decoded by orjson alone."""
+    from collector import body as body_mod
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise AssertionError("json.loads called")
+
+    monkeypatch.setattr(body_mod.json, "loads", refuse)
+    batch = [event(i, type="qoe", stall_ms=1.5, height=720) for i in range(20)]
+    cols = body_mod.parse_event_body(json.dumps(batch).encode(), "application/json", max_items=50)
+    assert cols.n == 20
+    ndjson = "\n".join(json.dumps(e) for e in batch).encode()
+    assert body_mod.parse_event_body(ndjson, "application/x-ndjson", max_items=50).n == 20
+    with pytest.raises(AssertionError, match=r"json\.loads called"):
+        body_mod.parse_items(json.dumps(batch).encode(), "application/json", max_items=50)
