@@ -137,7 +137,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         store = await loop.run_in_executor(
             opener,
-            lambda: Store(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, wall_ms=app[WALL_MS]),
+            lambda: Store(
+                cfg.db_path,
+                checkpoint_wal_bytes=cfg.checkpoint_wal_bytes,
+                wall_ms=app[WALL_MS],
+                threads=cfg.store_threads,
+            ),
         )
     finally:
         opener.shutdown()

@@ -13,6 +13,7 @@ reference; the example below is complete::
     checkpoint_wal_bytes = 16_777_216   # WAL size at which the maintenance thread checkpoints
     group_commit_max_rows = 50_000      # rows the writer merges into one transaction
     ingest_workers = 0                  # processes parsing event batches (0 = in the collector process)
+    store_threads = 1                   # DuckDB worker threads (ingest CPU vs parallel reads)
     heartbeat_timeout_s = 60            # a session with no leave ends this long after its last event
 
     [[tokens]]
@@ -67,6 +68,9 @@ class CollectorConfig:
     group_commit_max_rows: int = 50_000
     ingest_workers: int = 0
     """Worker processes that parse and validate event batches (``collector.parse_pool``); 0 = inline."""
+    store_threads: int = 1
+    """DuckDB's threads for the store (``SET threads``): 1 costs the least CPU per event ingested; more
+    parallelise read queries and checkpoints, for CPU spent handing each insert's tasks between threads."""
     heartbeat_timeout_s: float = 60.0
     tokens: tuple[Token, ...] = ()
     dev_tokens: bool = False
@@ -81,6 +85,7 @@ _INT_KEYS = {
     "checkpoint_wal_bytes": (1 << 20, 1 << 36),
     "group_commit_max_rows": (1, 10_000_000),
     "ingest_workers": (0, 64),
+    "store_threads": (1, 256),
 }
 
 

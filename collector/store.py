@@ -185,12 +185,19 @@ class Store:
     call it (``collector.maintenance.StoreMaintainer``)."""
 
     def __init__(self, path: str, *, checkpoint_wal_bytes: int = 16 << 20, wall_ms: Callable[[], int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, threads: int = 1) -> None:  # fmt: skip
         self.path = path
         self._clock = clock
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         """WAL size (bytes) from which ``checkpoint_due()`` is true."""
         self._con = duckdb.connect(path)
+        # DuckDB's worker threads (every query of this database): with a second one, each small insert also
+        # hands tasks to it, measured at 3-4 ms more CPU per 1,000 events ingested (docs/performance.md)
+        self._con.execute(f"SET threads = {int(threads)}")
+        # object (string) columns: DuckDB samples this many values to infer their type before an insert;
+        # the writer's columns are validated strings or None, and one value is enough (None alone: VARCHAR,
+        # a NULL-first column keeps its later values; tested)
+        self._con.execute("SET pandas_analyze_sample = 1")
         self._file = path not in ("", ":memory:") and not path.startswith(":memory:")
         if self._file:
             self._con.execute(f"SET checkpoint_threshold = '{_DISABLED_CHECKPOINT}'")

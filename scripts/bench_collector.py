@@ -221,6 +221,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=0, help="open loop: offered events/s (0 = closed loop)")
     ap.add_argument("--checkpoint-mib", type=int, default=0, help="checkpoint_wal_bytes in MiB (0 = default)")
     ap.add_argument("--ingest-workers", type=int, default=0, help="the collector's ingest_workers")
+    ap.add_argument("--store-threads", type=int, default=0, help="the collector's store_threads (0 = its default)")
     ap.add_argument("--export", action="store_true", help="then time GET /v1/events over everything stored")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
     args = ap.parse_args()
@@ -231,6 +232,7 @@ def main() -> int:
         f'listen_host = "127.0.0.1"\nlisten_port = {port}\ndb_path = "{tmp / "bench.duckdb"}"\n'
         + (f"checkpoint_wal_bytes = {args.checkpoint_mib << 20}\n" if args.checkpoint_mib else "")
         + f"ingest_workers = {args.ingest_workers}\n"
+        + (f"store_threads = {args.store_threads}\n" if args.store_threads else "")
         +
         f'[[tokens]]\nname = "bench"\nrole = "platform"\nsecret = "{TOKEN}"\n'
         f'[[tokens]]\nname = "reader"\nrole = "reader"\nsecret = "{READER}"\n'
@@ -293,6 +295,8 @@ def main() -> int:
         load += f", checkpoint {args.checkpoint_mib} MiB"
     if args.ingest_workers:
         load += f", {args.ingest_workers} ingest workers"
+    if args.store_threads:
+        load += f", store_threads {args.store_threads}"
     print(
         "| load | seconds | events/s acked | ack p50 ms | ack p99 ms | collector CPU ms / 1,000 ev (with workers) "
         "| collector cores busy (with workers) | client CPU ms / 1,000 ev | loadavg 1 min (start → end) | errors "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from collector.event_columns import event_columns
+from collector.reports import REPORT_COLUMNS
 from collector.store import InsertResult, Store, WriteJob
 from tests.collector_helpers import event, report
 
@@ -80,3 +81,41 @@ def test_parse_pool_packing_round_trips() -> None:
     with pytest.raises(ApiError) as api:
         unpack(parse_events(b"[1, 2, 3]", "application/json", 2))
     assert api.value.status == 413
+
+
+def test_nulls_before_values_in_a_column_are_stored_exactly(tmp_path: Path) -> None:
+    """DuckDB infers an object column's type from a sample of one value (``pandas_analyze_sample``): a
+    column whose first values are NULL still stores the strings and integers after them."""
+    store = Store(str(tmp_path / "s.duckdb"))
+    items = [{k: v for k, v in event(i).items() if k not in ("region", "isp")} for i in range(3000)]
+    items += [event(3000, region="eu-late", isp="isp-late")]
+    store.write_group([_job(items)])
+    rows = store.query("SELECT count(region) AS n, max(region) AS r, max(isp) AS i FROM viewer_events")
+    assert rows == [{"n": 1, "r": "eu-late", "i": "isp-late"}]
+    from collector.reports import report_row
+    from probe.report import Report
+
+    # freeze_count travels as Python ints or None in an object column
+    reps = [report("eu-west", failure="ice_timeout", ttff_ms=None, stall_ratio=None), report("eu-west")]
+    fc = list(REPORT_COLUMNS).index("freeze_count")
+    rows_in = [report_row(Report.from_json_obj(r)) for r in reps]
+    rows_in = [(*r[:fc], v, *r[fc + 1 :]) for r, v in zip(rows_in, (None, 3), strict=True)]
+    store.write_group([WriteJob("reports", rows_in)])
+    got = store.query("SELECT report_id, freeze_count FROM probe_reports")
+    assert {r["report_id"]: r["freeze_count"] for r in got} == {rows_in[0][0]: None, rows_in[1][0]: 3}
+    store.close()
+
+
+def test_store_threads(tmp_path: Path) -> None:
+    from collector.config import parse_config
+
+    assert parse_config({}).store_threads == 1
+    assert parse_config({"store_threads": 2}).store_threads == 2
+    import pytest
+
+    with pytest.raises(ValueError, match="store_threads"):
+        parse_config({"store_threads": 0})
+    for n in (1, 2):
+        store = Store(str(tmp_path / f"t{n}.duckdb"), threads=n)
+        assert store.query("SELECT current_setting('threads') AS t") == [{"t": n}]
+        store.close()
