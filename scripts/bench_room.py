@@ -8,7 +8,7 @@ window: the room's CPU (``/proc/PID/stat``), the encoder threads' CPU (the truth
 ``encode_cpu_ms_avg × frames_encoded``), the packets it sent (the truth's per-viewer counts) and
 what the viewers received.
 
-    .venv/bin/python scripts/bench_room.py --viewers 1,50,100,200 --seconds 10
+    .venv/bin/python scripts/bench_room.py --viewers 1,50,100,200 --seconds 10 [--pin]
 
 CPU per packet is the robust figure on a shared machine (other processes take cores, not
 instructions); the CPU % and the fps delivered depend on what else runs, so the load average is
@@ -119,6 +119,8 @@ def main() -> int:
     ap.add_argument("--spec", default="1280x720@30:vp8:1500", help="room spec after the name")
     ap.add_argument("--no-fast-send", action="store_true", help="run the room with aiortc's own send loop")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up after this many s in total")
+    ap.add_argument("--pin", action="store_true",
+                    help="room on the first CPU, viewers on the others: does one core serve N viewers at full rate?")
     args = ap.parse_args()
     counts = [int(x) for x in args.viewers.split(",")]
     # a SIGTERM (e.g. from `timeout`) still stops the room and the viewer processes in `finally`
@@ -128,10 +130,18 @@ def main() -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    room_cpus: set[int] | None = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        room_cpus = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))  # this process and the viewer workers it spawns
     room = subprocess.Popen(
         [sys.executable, "-m", "streamqoe.cli", "--log-level", "warning", "room", "--port", str(port),
          "--room", f"{ROOM}:{args.spec}", *(["--no-fast-send"] if args.no_fast_send else [])],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, room_cpus)) if room_cpus else None,
     )  # fmt: skip
     ctx = mp.get_context("spawn")
     workers: list[tuple[Any, Connection]] = []
@@ -207,7 +217,8 @@ def main() -> int:
 
     load = os.getloadavg()
     print(f"\nroom {args.spec}, {args.seconds:.0f} s windows, load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f} on {os.cpu_count()} CPUs\n")  # fmt: skip
+          f"{load[2]:.2f} on {os.cpu_count()} CPUs"
+          + (f"; room pinned to CPU {sorted(room_cpus)}, viewers on the others" if room_cpus else "") + "\n")
     print("| viewers | room CPU | encode CPU | packets/s sent | received/s | µs/packet (excl. encode) | fps delivered "
           "| ticks skipped | load 1m |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
