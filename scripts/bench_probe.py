@@ -83,6 +83,12 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
     room_cpu = (cpu_seconds(room_pid) - room_cpu0) / (time.monotonic() - t0)
     after = get_json(room_truth_url)
     skipped = sum(e.get("ticks_skipped", 0) for e in after["encoders"].values()) - skipped0
+
+    def video_stat(truth: dict[str, Any], key: str) -> int:
+        return sum(e.get(key, 0) for e in truth["encoders"].values() if e.get("kind") == "video")
+
+    def pli(truth: dict[str, Any]) -> int:
+        return sum(e.get("keyframe_requests", {}).get("pli", 0) for e in truth["encoders"].values())
     return {
         "mode": summary["mode"], "receive": "direct" if fast_receive else "aiortc", "probes": probes,
         "processes": processes, "joined": summary["joined"],
@@ -91,6 +97,8 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
         "false_freezes": summary["freezes_total"], "probes_with_freezes": summary["probes_with_freezes"],
         "ttff_p50_ms": summary["ttff_p50_ms"], "loss_pct": summary["loss_pct_mean"],
         "room_cpu_pct": round(100 * room_cpu, 1), "room_ticks_skipped": skipped,
+        "room_keyframes": video_stat(after, "keyframes") - video_stat(before, "keyframes"),
+        "pli_received": pli(after) - pli(before),
         "failures": summary["failures"], "load_1m": f"{load0:.1f}→{os.getloadavg()[0]:.1f}",
     }
 
@@ -194,7 +202,7 @@ def main() -> int:
         room.wait(10)
     cols = ["mode", "receive", "probes", "processes", "joined", "cpu_pct_per_probe", "cpu_steady", "fps_mean",
             "false_freezes", "probes_with_freezes", "ttff_p50_ms", "loss_pct", "room_cpu_pct", "room_ticks_skipped",
-            "load_1m"]
+            "room_keyframes", "pli_received", "load_1m"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
