@@ -80,7 +80,8 @@ def direct_out(dtls: Any) -> Out | None:
 
     The packet goes straight to the UDP socket while the asyncio transport has nothing queued (its own
     first step); otherwise, or if the socket refuses it, through the transport's ``sendto``, which keeps
-    order, queues on a full buffer and reports errors as it always does.
+    order, queues on a full buffer and reports errors as it always does. Once the transport is closing,
+    packets are dropped (``tests/test_room_fastsend.py``).
     None when the transport is not connected, or when a private attribute this relies on
     (``_tx_srtp``, the ICE connection's nominated pair and its asyncio transport) is missing.
     """
@@ -103,7 +104,10 @@ def direct_out(dtls: Any) -> Out | None:
                 sock.sendto(packet, addr)
                 return
             except OSError:
-                pass  # a full socket buffer, or a closed transport: asyncio's sendto queues or reports it
+                pass  # a full socket buffer (asyncio's sendto queues the packet) or a closed socket
+        if transport.is_closing():
+            return  # the ICE connection closed under a viewer still in the fan-out (e.g. consent expired):
+            # asyncio 3.11's sendto would raise AttributeError on an unconnected transport it has closed
         sendto(packet, addr)
 
     return out
