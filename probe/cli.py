@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         print("streamqoe probe: --collector needs --token (the collector authenticates every source)",
               file=sys.stderr)
         return EXIT_USAGE
+    if args.no_decode and args.skip_loop_filter:
+        print("streamqoe probe: --no-loop-filter is a decoding mode; it cannot go with --no-decode", file=sys.stderr)
+        return EXIT_USAGE
     if args.duration <= 0 or args.duration > 86_400:
         print("streamqoe probe: --duration must be in (0, 86400] seconds", file=sys.stderr)
         return EXIT_USAGE

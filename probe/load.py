@@ -171,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if args.probes < 1 or args.processes < 1:
         print("streamqoe load: --probes and --processes must be ≥ 1", file=sys.stderr)
         return 2
+    if args.no_decode and args.skip_loop_filter:
+        print("streamqoe load: --no-loop-filter is a decoding mode; it cannot go with --no-decode", file=sys.stderr)
+        return 2
     summary = run_fleet(args.url, args.probes, args.processes, args.duration, decode=not args.no_decode,
                         fast_receive=args.fast_receive, skip_loop_filter=args.skip_loop_filter,
                         stagger_s=args.stagger)

@@ -114,6 +114,9 @@ def test_bad_command_line_exits_2() -> None:
     res = subprocess.run(streamqoe("probe", "http://127.0.0.1:9/whep/x", "--collector", "http://127.0.0.1:9"),
                          capture_output=True, timeout=30)
     assert res.returncode == 2 and b"--token" in res.stderr
+    res = subprocess.run(streamqoe("probe", "http://127.0.0.1:9/whep/x", "--no-decode", "--no-loop-filter"),
+                         capture_output=True, timeout=30)
+    assert res.returncode == 2 and b"cannot go with --no-decode" in res.stderr
 
 
 def test_report_reaches_collector_and_survives_an_outage(room: str, tmp_path: Path) -> None:

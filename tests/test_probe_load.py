@@ -41,6 +41,9 @@ def test_load_runs_a_fleet_over_processes_and_summarises_it(room_url: str, tmp_p
     assert summary["cpu_pct_per_probe"] is not None and summary["cpu_pct_per_probe"] > 0
 
 
-def test_load_refuses_an_empty_fleet(room_url: str) -> None:
+def test_load_refuses_an_empty_fleet_and_contradictory_modes(room_url: str) -> None:
     done = subprocess.run(streamqoe("load", room_url, "--probes", "0"), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--probes and --processes must be ≥ 1" in done.stderr
+    done = subprocess.run(streamqoe("load", room_url, "--no-decode", "--no-loop-filter"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "cannot go with --no-decode" in done.stderr
