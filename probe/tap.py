@@ -16,7 +16,7 @@ spawns decoder threads of its own); many probes share a core, so the cheaper dec
 A decode error sets the receiver's error flag, so aiortc sends a PLI exactly as with its own decoder.
 With ``skip_loop_filter`` the decoder skips the in-loop deblocking filter (FFmpeg's ``skip_loop_filter=all``):
 every frame is still fully decoded (entropy decoding, prediction, residual), for ~40 % less decode CPU on the
-room's 720p VP8 stream; the picture differs from a full decode (luma PSNR: median 36-38 dB, worst frames
+room's 720p VP8 stream; the picture differs from a full decode (luma PSNR: median 30-38 dB, worst frames
 27-31 dB) and the marker still reads on every frame (``tests/test_probe_decode.py``). It is a mode of its own
 in the report.
 
