@@ -16,7 +16,6 @@ from collector.body import parse_event_body, parse_items, read_limited
 from collector.config import Token
 from collector.errors import ApiError, field_of
 from collector.event_columns import BatchError
-from collector.parse_pool import batch_size
 from collector.reports import REPORT_COLUMNS, report_row
 from collector.state import CONFIG, METRICS, PARSE_POOL, REQ_ITEMS, REQ_TOKEN, TOKENS, WRITER
 from collector.store import WriteJob
@@ -71,7 +70,7 @@ async def post_events(request: web.Request) -> web.Response:
         request.app[METRICS].items.inc(("events", "rejected"))
         raise
     except BatchError as e:
-        n = batch_size(e) or 0
+        n = e.items or 0
         request[REQ_ITEMS] = n
         raise _reject(request, "events", n, e.index, e) from None
     request[REQ_ITEMS] = n

@@ -77,11 +77,6 @@ def unpack(packed: Packed) -> tuple[int, EventColumns]:
     return n, EventColumns(n, {k: out[k] for k in ROW_FIELDS})
 
 
-def batch_size(e: BatchError) -> int | None:
-    """The batch's item count when ``e`` came from a worker (the collector did not see the items)."""
-    return e.items
-
-
 class ParsePool:
     """``workers`` processes (spawned: no DuckDB or event-loop state is forked) parsing event bodies."""
 

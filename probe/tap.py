@@ -131,15 +131,6 @@ class RembThrottle:
         return True
 
 
-def open_decoder(name: str, options: dict[str, str]) -> Any:
-    """A single-threaded FFmpeg decoder context (``vp8``/``h264``) with ``options`` (e.g. skip_loop_filter)."""
-    context = av.CodecContext.create(name, "r")
-    context.thread_count = 1
-    if options:
-        context.options = dict(options)
-    return context
-
-
 class FrameDecoder:
     """Decodes one receiver's video frames in a thread; decoded frames go to the track's queue."""
 
@@ -168,7 +159,10 @@ class FrameDecoder:
                 name = _DECODERS.get(codec_name.upper())
                 if name is None:
                     continue
-                context = open_decoder(name, self._options)
+                context = av.CodecContext.create(name, "r")
+                context.thread_count = 1
+                if self._options:
+                    context.options = dict(self._options)
                 current = codec_name
             packet = av.Packet(data)
             packet.pts = timestamp

@@ -62,7 +62,7 @@ def test_parse_pool_packing_round_trips() -> None:
 
     from collector.errors import ApiError
     from collector.event_columns import BatchError
-    from collector.parse_pool import batch_size, parse_events, unpack
+    from collector.parse_pool import parse_events, unpack
 
     items = [event(0), {**event(1, type="qoe", stall_count=2, height=720), "region": None}, event(2)]
     del items[2]["cdn"]
@@ -77,7 +77,7 @@ def test_parse_pool_packing_round_trips() -> None:
     bad = [event(0), {**event(1), "height": 0}]
     with pytest.raises(BatchError) as info:
         unpack(parse_events(json.dumps(bad).encode(), "application/json", 100))
-    assert (info.value.index, str(info.value), batch_size(info.value)) == (1, "height: must be in [1, 16384]", 2)
+    assert (info.value.index, str(info.value), info.value.items) == (1, "height: must be in [1, 16384]", 2)
     with pytest.raises(ApiError) as api:
         unpack(parse_events(b"[1, 2, 3]", "application/json", 2))
     assert api.value.status == 413
