@@ -10,7 +10,7 @@ so a busy event loop shows up as network delay in aiortc's bandwidth estimator.
 
 Once the DTLS transport is connected, ``install`` wraps the ``datagram_received`` of the nominated
 pair's UDP protocol (that instance only). An SRTP (not SRTCP) packet is then, synchronously:
-arrival time read → ``srtp_unprotect`` (``probe.srtp``) → ``RtpPacket.parse`` with the transport's
+arrival time read → ``srtp_unprotect`` (``probe.srtp``) → an ``RtpPacket`` (``probe.rtpparse``) with the transport's
 header-extension map → routed as aiortc routes it → the receiver's ``_handle_rtp_packet`` driven to
 completion in place (it never waits on anything in aiortc 1.16; if it ever does, the rest of it runs
 as a task). Everything else (STUN, DTLS, SRTCP) takes aiortc's path unchanged, and the receiver's
@@ -35,9 +35,8 @@ from typing import Any
 
 import pylibsrtp
 import structlog
-from aiortc.rtp import RtpPacket
 
-from probe import srtp
+from probe import rtpparse, srtp
 
 log = structlog.get_logger()
 
@@ -131,7 +130,7 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
         _log_fallback("pylibsrtp internals changed: using Session.unprotect")
     now_ms = clock_ms or (lambda: time.time() * 1000.0 + NTP_EPOCH_MS)
     stats = DirectReceive()
-    parse = RtpPacket.parse
+    parse = rtpparse.parser(ext_map)
 
     def deliver(data: bytes, addr: tuple[Any, ...], arrival_wall_ms: float | None) -> None:
         # SRTP: first byte 128..191 (RTP version 2); SRTCP has a packet type 192..208 in the second byte
@@ -140,7 +139,7 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
             return
         arrival_ms = now_ms() if arrival_wall_ms is None else arrival_wall_ms + NTP_EPOCH_MS
         try:
-            packet = parse(unprotect(data), ext_map)
+            packet = parse(unprotect(data))
         except (pylibsrtp.Error, ValueError):
             stats.rejected += 1  # aiortc logs these at debug level and drops them; so do we
             return

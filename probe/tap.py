@@ -47,6 +47,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPa
 
 from probe.bitstream import FrameInfo, frame_info
 from probe.fastrecv import NTP_EPOCH_MS
+from probe.jitterbuffer import install as install_fast_jitter_buffer
+from probe.remb import install as install_fast_remb
 from probe.rtpstats import StreamCounter
 
 
@@ -223,6 +225,7 @@ class ReceiverTap:
         self.media_ssrc: int | None = None
         self.remb = RembThrottle()
         self.nacks = NackRetrier()
+        self._payload_types: dict[int, tuple[bool, int]] = {}  # negotiated payload type -> (is RTX, clock rate)
 
     def install(self) -> None:
         r = self.receiver
@@ -233,6 +236,9 @@ class ReceiverTap:
         if getattr(r, "_RTCRtpReceiver__decoder_thread", None) is not None:
             raise RuntimeError("tap must be installed before the receiver starts")
         r._RTCRtpReceiver__decoder_queue = _TapQueue(self)
+        # same results, less CPU (probe/remb.py, probe/jitterbuffer.py)
+        install_fast_remb(getattr(r, "_RTCRtpReceiver__remote_bitrate_estimator", None))
+        install_fast_jitter_buffer(r)
         handle_rtp = r._handle_rtp_packet
         send_rtcp = r._send_rtcp
 
@@ -258,10 +264,14 @@ class ReceiverTap:
         if not self._first_rtp:
             self._first_rtp = True
             self.on_first_rtp(now)
-        codec = self.receiver._RTCRtpReceiver__codecs.get(packet.payload_type)
-        if codec is None:
-            return
-        if codec.name.lower() == "rtx":
+        pt = self._payload_types.get(packet.payload_type)
+        if pt is None:
+            codec = self.receiver._RTCRtpReceiver__codecs.get(packet.payload_type)
+            if codec is None:
+                return
+            pt = self._payload_types[packet.payload_type] = (codec.name.lower() == "rtx", codec.clockRate)
+        is_rtx, clock_rate = pt
+        if is_rtx:
             media = self.receiver._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)
             counter = self.counters.get(media) if media is not None else None
             if counter is not None and len(packet.payload) >= 2:
@@ -270,7 +280,7 @@ class ReceiverTap:
             return
         counter = self.counters.get(packet.ssrc)
         if counter is None:
-            counter = self.counters[packet.ssrc] = StreamCounter(self.kind, packet.ssrc, codec.clockRate)
+            counter = self.counters[packet.ssrc] = StreamCounter(self.kind, packet.ssrc, clock_rate)
             if self.kind == "video" and self.media_ssrc is None:
                 self.media_ssrc = packet.ssrc
                 generator = getattr(self.receiver, "_RTCRtpReceiver__nack_generator", None)

@@ -1,0 +1,179 @@
+"""The probe's faster stand-ins for aiortc receive-path pieces give aiortc's results exactly.
+
+Differential tests: the same inputs go to aiortc's class and to ours, every output is compared.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rate import OveruseEstimator, RateCounter, RemoteBitrateEstimator
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from probe import remb, rtpparse
+from probe.jitterbuffer import FastJitterBuffer
+from probe.remb import FastOveruseEstimator, FastRateCounter
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 7, 100, 1000])
+def test_fast_rate_counter_matches_aiortc(window: int) -> None:
+    """Seeded random call sequences: adds and rate queries, steps mostly within the window, some gaps
+    longer than it, a few backwards, the odd reset."""
+    rng = random.Random(window)
+    for _ in range(120):
+        ref, fast = RateCounter(window, 8000), FastRateCounter(window, 8000)
+        now = rng.randrange(10**9)
+        for _ in range(rng.randrange(1, 200)):
+            now += rng.choice((rng.randint(0, 3), rng.randint(0, window + 2), rng.randint(900, 2500), -1))
+            if rng.random() < 0.6:
+                value = rng.randint(0, 1500)
+                ref.add(value, now)
+                fast.add(value, now)
+            else:
+                assert fast.rate(now) == ref.rate(now)
+            if rng.random() < 0.01:
+                ref.reset()
+                fast.reset()
+        assert fast.rate(now) == ref.rate(now)
+        assert (fast._origin_ms, fast._origin_index) == (ref._origin_ms, ref._origin_index)
+
+
+def test_fast_min_frame_period_matches_aiortc() -> None:
+    rng = random.Random(3)
+    ref, fast = OveruseEstimator(), FastOveruseEstimator()
+    for _ in range(3000):
+        delta = rng.choice([33.3, 0.0, 1.0, rng.uniform(0, 200)])
+        assert fast.update_min_frame_period(delta) == ref.update_min_frame_period(delta)
+    assert list(fast._history) == ref.ts_delta_hist
+
+
+def test_estimator_with_fast_parts_gives_the_same_remb_sequence() -> None:
+    """A 30 fps stream with a freeze: aiortc's estimator with or without our parts sends the same REMBs."""
+    ref, fast = RemoteBitrateEstimator(), RemoteBitrateEstimator()
+    assert remb.install(fast) and not remb.install(fast)
+    out_ref, out_fast = [], []
+    t, abs_send = 1_000_000, 0
+    for frame in range(600):
+        if 200 <= frame < 230:  # one second of nothing
+            t += 33
+            abs_send += 33 * 262
+            continue
+        for i in range(6):
+            size = 1100 + (frame * 7 + i * 13) % 200
+            out_ref.append(ref.add(t + i, abs_send & 0xFFFFFF, size, 1234))
+            out_fast.append(fast.add(t + i, abs_send & 0xFFFFFF, size, 1234))
+        t += 33 + frame % 3
+        abs_send += 33 * 262  # abs-send-time: 6.18 fixed point seconds, 2^18 per second
+    assert out_fast == out_ref
+    assert sum(x is not None for x in out_ref) > 5
+
+
+# --- RTP parsing ---------------------------------------------------------------------------------
+def _ext_map() -> HeaderExtensionsMap:
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+        RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+    ]))
+    return ext_map
+
+
+def _fields(packet: RtpPacket) -> tuple[object, ...]:
+    return (packet.version, packet.marker, packet.payload_type, packet.sequence_number, packet.timestamp,
+            packet.ssrc, packet.csrc, packet.extensions, packet.payload, packet.padding_size)
+
+
+def _outcome(parse: Callable[[bytes], RtpPacket], data: bytes) -> tuple[object, ...]:
+    try:
+        return _fields(parse(data))
+    except ValueError as exc:
+        return ("ValueError", str(exc))
+
+
+def test_rtp_parser_matches_aiortc_on_valid_and_broken_packets() -> None:
+    rng = random.Random(7)
+    ext_map = _ext_map()
+    fast = rtpparse.parser(ext_map)
+    kinds = set()
+    for i in range(4000):
+        packet = RtpPacket(payload_type=rng.choice([96, 97, 111]), marker=rng.randint(0, 1),
+                           sequence_number=rng.randrange(65536), timestamp=rng.randrange(2**32),
+                           ssrc=rng.randrange(2**32), payload=rng.randbytes(rng.randrange(0, 60)))
+        if rng.random() < 0.1:
+            packet.csrc = [rng.randrange(2**32) for _ in range(rng.randint(1, 3))]
+        if rng.random() < 0.9:  # mostly a block repeated across packets, as senders do
+            packet.extensions.mid = rng.choice(["0", "1", "video"])
+            packet.extensions.abs_send_time = rng.choice([12345, 0xFFFFFF, rng.randrange(2**24)])
+        if rng.random() < 0.2:
+            packet.extensions.audio_level = (True, rng.randrange(128))
+        if rng.random() < 0.15:
+            packet.padding_size = rng.randint(1, 20)
+        data = packet.serialize(ext_map)
+        mutation = rng.random()
+        if mutation < 0.05:
+            data = data[: rng.randrange(len(data))]  # truncated anywhere
+        elif mutation < 0.08 and packet.padding_size:
+            data = data[:-1] + bytes([rng.choice([0, 255])])  # invalid padding length
+        elif mutation < 0.1:
+            data = bytes([data[0] ^ 0x40]) + data[1:]  # wrong version
+        elif mutation < 0.12 and len(data) > 17:
+            data = data[:16] + bytes([0x3F]) + data[17:]  # extension element claiming 4 bytes
+        expected, got = _outcome(lambda d: RtpPacket.parse(d, ext_map), data), _outcome(fast, data)
+        assert got == expected, (i, data.hex())
+        kinds.add(expected[0] if expected[0] == "ValueError" else "ok")
+    assert kinds == {"ok", "ValueError"}
+
+
+# --- jitter buffer -------------------------------------------------------------------------------
+def _stream(rng: random.Random, n_frames: int) -> list[RtpPacket]:
+    """Packets of a stream with 1-8 packets per frame, then lost, duplicated, reordered, jumped."""
+    packets = []
+    seq, ts = rng.randrange(65536), rng.randrange(2**32)
+    for _ in range(n_frames):
+        for _ in range(rng.randint(1, 8)):
+            packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts)
+            packet._data = rng.randbytes(3)  # type: ignore[attr-defined]
+            packets.append(packet)
+            seq = (seq + 1) & 0xFFFF
+        ts = (ts + 3000) & 0xFFFFFFFF
+        if rng.random() < 0.02:
+            seq = (seq + rng.choice([200, 700, 40000])) & 0xFFFF  # a jump (restart, long loss)
+    out: list[RtpPacket] = []
+    for packet in packets:
+        r = rng.random()
+        if r < 0.05:
+            continue  # lost
+        out.append(packet)
+        if r < 0.08:
+            out.append(packet)  # duplicate
+        elif r < 0.12 and len(out) > 3:
+            j = len(out) - 1 - rng.randint(1, 3)
+            out[j], out[-1] = out[-1], out[j]  # reordered
+    return out
+
+
+@pytest.mark.parametrize(("capacity", "prefetch", "video"), [(512, 0, True), (16, 4, False), (8, 0, True),
+                                                             (16, 2, True)])
+def test_fast_jitter_buffer_matches_aiortc(capacity: int, prefetch: int, video: bool) -> None:
+    rng = random.Random(capacity * 10 + prefetch)
+    frames = plis = 0
+    for _ in range(40):
+        ref = JitterBuffer(capacity, prefetch=prefetch, is_video=video)
+        fast = FastJitterBuffer(capacity, prefetch=prefetch, is_video=video)
+        for packet in _stream(rng, 150):
+            pli_ref, frame_ref = ref.add(packet)
+            pli_fast, frame_fast = fast.add(packet)
+            assert pli_fast == pli_ref
+            assert (frame_fast is None) == (frame_ref is None)
+            if frame_ref is not None and frame_fast is not None:
+                assert (frame_fast.data, frame_fast.timestamp) == (frame_ref.data, frame_ref.timestamp)
+                frames += 1
+            plis += pli_ref
+            assert fast._origin == ref._origin
+            assert fast._packets == ref._packets
+    assert frames > 500 and (plis > 0 or not video)
