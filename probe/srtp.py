@@ -48,3 +48,42 @@ def fast_op(session: Any, name: str) -> tuple[Op, bool]:
         return out
 
     return op, True
+
+
+class InPlace:
+    """libsrtp run on a session's own buffer, for a caller that writes the plain packet there itself.
+
+    Write the packet into ``view[:n]`` (``n <= max_len``), call ``run(n)``: the protected (or unprotected)
+    packet is ``view[:returned length]``, valid until the next call on this session. Saves building
+    the plain packet as a ``bytes`` and copying it in, and copying the result out. Same private
+    attributes as ``fast_op``; ``in_place`` returns None without them.
+    """
+
+    def __init__(self, session: Any, name: str) -> None:
+        import pylibsrtp
+        from pylibsrtp import _binding
+
+        self._check: Callable[[int], None] = pylibsrtp._srtp_assert
+        self._srtp, self._cdata = session._srtp[0], session._cdata
+        self._func = getattr(_binding.lib, f"srtp_{name}")
+        trailer = pylibsrtp.SRTP_MAX_TRAILER_LEN if name == "protect" else 0
+        self.max_len: int = len(self._cdata) - trailer
+        self.view = memoryview(session._buffer)
+        self._len_p = _binding.ffi.new("int *")
+
+    def run(self, n: int) -> int:
+        """Protect/unprotect ``view[:n]`` in place; the new length. ``pylibsrtp.Error`` as pylibsrtp."""
+        len_p = self._len_p
+        len_p[0] = n
+        rc = self._func(self._srtp, self._cdata, len_p)
+        if rc:
+            self._check(rc)
+        return int(len_p[0])
+
+
+def in_place(session: Any, name: str) -> InPlace | None:
+    """An ``InPlace`` for ``name`` in {"protect", "unprotect"} on ``session``, or None (private API gone)."""
+    try:
+        return InPlace(session, name)
+    except (ImportError, AttributeError, TypeError):
+        return None

@@ -8,7 +8,8 @@ delay + jitter (order kept). Packets due now go straight out; the others wait in
 
 Two entries, same impairments and the same truth accounting: ``send`` (the coroutine that replaces
 ``_send_rtp``: RTCP, RTX, and every packet when the direct path is off) and ``send_direct`` (a whole
-frame's packets, synchronously, from ``room/fastsend.py``'s direct path).
+frame's packets, synchronously, from ``room/fastsend.py``'s direct path). While nothing impairs the
+viewer (``plain()``), the direct sender sends a frame itself and reports it with ``sent_plain``.
 """
 
 from __future__ import annotations
@@ -200,6 +201,22 @@ class SendPath:
         if self._delay is not None:
             at_ms = self._delay.release_ms(at_ms)
         return at_ms
+
+    def plain(self) -> bool:
+        """True when a packet sent now meets no impairment (no loss model, no cap, no delay, nothing queued)."""
+        return not self._lossy and self._direct and not self._line
+
+    def sent_plain(self, packets: int, size: int, video: bool) -> None:
+        """The direct sender sent a whole frame, ``packets`` RTP packets of ``size`` bytes, itself (while
+        ``plain()``): the same truth as ``send_direct`` records for it."""
+        if video:
+            counts = self.truth.video
+            if self._current is not None:
+                self._record_video(self._current, self._current_after_freeze)
+        else:
+            counts = self.truth.audio
+        counts.packets_sent += packets
+        counts.bytes_sent += size
 
     def send_direct(self, out: SendNow, packets: list[bytes], video: bool) -> None:
         """Send one frame's RTP ``packets`` (video media or audio) through the impairments with ``out``.

@@ -19,7 +19,7 @@ from typing import Any
 import pylibsrtp
 import pytest
 
-from room.fastsend import direct_out
+from room.fastsend import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, FastSender, _SegmentBatch, direct_out
 
 KEY = os.urandom(30)
 
@@ -81,3 +81,107 @@ async def test_a_closed_transport_sends_nothing_and_does_not_raise(receiver: soc
     receiver.settimeout(0.2)
     with pytest.raises(TimeoutError):
         receiver.recv(2048)
+
+
+async def test_a_frame_sent_in_place_is_the_same_packets_as_built_ones(receiver: socket.socket) -> None:
+    """``send_rtp`` writes header, extension block and payload into libsrtp's buffer; the receiver must get
+    exactly the packets ``struct.pack`` + concatenation would have made, marker on the last, in order, also
+    when asyncio's transport has data queued."""
+    dtls, transport = await _sender(receiver.getsockname())
+    out = direct_out(dtls)
+    assert out is not None
+    rx = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    ext = bytes.fromhex("bede0001" "32abcdef")  # one-byte extension: id 3, 3 bytes (abs-send-time)
+    payloads = tuple(os.urandom(300 + 97 * i) for i in range(4))
+    size = out.send_rtp(0x90, 96, 65534, 123456, 0x1234, ext, payloads)
+    expected = [struct.pack("!BBHLL", 0x90, (0x80 if i == 3 else 0) | 96, (65534 + i) & 0xFFFF, 123456, 0x1234)
+                + ext + p for i, p in enumerate(payloads)]
+    assert size == sum(map(len, expected))
+    assert [rx.unprotect(receiver.recv(2048)) for _ in payloads] == expected
+    transport._buffer.append((b"queued first", receiver.getsockname()))  # the transport has data queued
+    transport._buffer_size += len(b"queued first")
+    out.send_rtp(0x90, 96, 2, 123456, 0x1234, ext, payloads[:2])
+    assert len(transport._buffer) == 3
+    transport._loop._add_writer(transport._sock_fd, transport._sendto_ready)
+    await asyncio.sleep(0.05)
+    assert receiver.recv(2048) == b"queued first"
+    assert [rx.unprotect(receiver.recv(2048)) for _ in range(2)] == [
+        struct.pack("!BBHLL", 0x90, marker | 96, seq, 123456, 0x1234) + ext + p
+        for seq, marker, p in ((2, 0, payloads[0]), (3, 0x80, payloads[1]))]
+    with pytest.raises(ValueError, match="too long"):
+        out.send_rtp(0x90, 96, 4, 0, 0x1234, ext, (b"x" * 1500,))
+    transport.close()
+
+
+def test_retransmission_lookup_keeps_the_last_128_packets_across_frames() -> None:
+    """NACK -> RTX: a packet is found while it is among the last 128 sent (aiortc's history), with its own
+    timestamp, marker, payload and extension block, across sequence-number wrap."""
+    sender = FastSender(SimpleNamespace(), SimpleNamespace(kind="video"), None)
+    sender._payload_type = 96
+    seq = 65500
+    frames = []
+    for n in range(40):  # frames of 1-7 packets
+        payloads = tuple(bytes([n, i]) for i in range(1 + n % 7))
+        ext = bytes([n]) * 4
+        sender._sent.append((seq, 1000 * n, payloads, ext))
+        frames.append((seq, 1000 * n, payloads, ext))
+        seq = (seq + len(payloads)) & 0xFFFF
+    sender._sequence_number = seq
+    sent = [((first + i) & 0xFFFF, ts, (0x80 if i == len(p) - 1 else 0) | 96, p[i], ext)
+            for first, ts, p, ext in frames for i in range(len(p))]
+    assert len(sent) > 128
+    for age, (s, ts, marker_pt, payload, ext) in enumerate(reversed(sent), start=1):
+        found = sender._lookup(s)
+        assert found == ((ts, marker_pt, payload, ext) if age <= 128 else None), age
+    assert sender._lookup(seq) is None  # not sent yet
+
+
+async def test_equal_sized_packets_go_out_in_one_gso_send_as_separate_datagrams(receiver: socket.socket) -> None:
+    """A frame of 40 full packets and a short last one leaves in one ``sendmsg`` with UDP_SEGMENT; the
+    kernel must deliver exactly the 41 datagrams, in order, each a valid SRTP packet."""
+    dtls, transport = await _sender(receiver.getsockname())
+    out = direct_out(dtls)
+    assert out is not None and out._gso
+    calls = []
+    real_sock = out._sock
+
+    class CountingSocket:  # records which call carried the packets (the real socket sends them)
+        def sendto(self, *args: Any) -> int:
+            calls.append("sendto")
+            return int(real_sock.sendto(*args))
+
+        def sendmsg(self, *args: Any) -> int:
+            calls.append("sendmsg")
+            return int(real_sock.sendmsg(*args))
+
+    out._sock = CountingSocket()
+    rx = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    payloads = (*(os.urandom(1100) for _ in range(40)), os.urandom(321))
+    out.send_rtp(0x80, 96, 100, 9000, 0x1234, b"", payloads)
+    got = [rx.unprotect(receiver.recv(2048)) for _ in payloads]
+    assert got == [_rtp_at(100 + i, 9000, p, last=i == 40) for i, p in enumerate(payloads)]
+    assert calls == ["sendmsg"]
+    transport.close()
+
+
+def _rtp_at(seq: int, ts: int, payload: bytes, *, last: bool) -> bytes:
+    return struct.pack("!BBHLL", 0x80, (0x80 if last else 0) | 96, seq, ts, 0x1234) + payload
+
+
+def test_segment_batch_splits_runs_where_gso_needs_them() -> None:
+    batch = _SegmentBatch()
+    sizes = [1000] * 70 + [400] + [1200, 1200, 800, 900]
+    for n in sizes:
+        assert batch.add(memoryview(bytes([n % 251]) * n))
+    runs = [(len(data), segment, count) for data, segment, count in batch.runs()]
+    # at most 64 segments per send; a shorter packet ends its run; a larger one starts a new run
+    assert runs == [(64 * 1000, 1000, 64), (6 * 1000 + 400, 1000, 7), (1200 + 1200 + 800, 1200, 3), (900, 900, 1)]
+    assert sum(count for _, _, count in runs) == len(sizes)
+    batch.clear()
+    n_fit = GSO_MAX_BYTES // 1400
+    for _ in range(n_fit + 1):
+        assert batch.add(memoryview(b"x" * 1400))
+    assert [count for _, _, count in batch.runs()] == [min(n_fit, GSO_MAX_SEGMENTS), 1]
+    while batch.add(memoryview(b"y" * 1400)):
+        pass  # until the buffer is full: add refuses and keeps what it has
+    assert sum(len(data) for data, _, _ in batch.runs()) <= len(batch._buffer)
