@@ -28,6 +28,9 @@ REMB is throttled like libwebrtc's ``RembThrottler`` (``RembThrottle``): aiortc 
 packet while its overuse detector says "overusing", which a busy probe host triggers by itself (a fleet of
 30 probes in one process sent ~35 REMB per second each), telling the SFU to cut the bitrate of a stream
 other viewers share. libwebrtc sends at most one per 200 ms unless the estimate fell by more than 3 %.
+The receiver's jitter buffer and the REMB estimator's rate counter and frame-period filter are swapped
+for exact, faster stand-ins (``probe/jitterbuffer.py``, ``probe/remb.py``; differential tests), on both
+receive paths; ``install`` leaves aiortc's own in place where it cannot swap them.
 Tested against aiortc 1.16; ``install`` fails loudly if the private names it needs are gone.
 """
 

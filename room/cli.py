@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="send with aiortc's own per-viewer RTP loop (for comparison; docs/room.md, Cost)",
     )
+    parser.add_argument(
+        "--udp-gso",
+        action="store_true",
+        help="send each frame's packets with one UDP GSO call per viewer (loopback capacity tests only: "
+        "nftables/netem on the path would see whole frames as one packet; docs/room.md, Cost)",
+    )
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -58,6 +64,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     )
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
+    if args.udp_gso:
+        config = dataclasses.replace(config, udp_gso=True)
     return config
 
 

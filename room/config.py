@@ -186,6 +186,11 @@ class ServerConfig:
     """Threads per video encoder (libvpx/libx264)."""
     fast_send: bool = True
     """Send the shared, once-packetized payloads with ``room/fastsend.py`` instead of aiortc's per-viewer loop."""
+    udp_gso: bool = False
+    """Send each frame's packets to a viewer with one UDP GSO ``sendmsg`` (``room/fastsend.py``). Off by
+    default: firewalls and qdiscs on the sending host or on a veth path (nftables drops, tc netem) then see one
+    packet per frame instead of one per RTP packet, so path impairments outside the room would hit whole
+    frames. For capacity measurements on loopback."""
     clock: Callable[[], float] = time.monotonic
     """Monotonic clock, s: pacing, schedules, shaping."""
     wall_clock: Callable[[], float] = time.time

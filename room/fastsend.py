@@ -92,9 +92,9 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 """Linux's UDP GSO option (Python 3.11's socket module does not name it)."""
 _SEGMENT = struct.Struct("=H")
 GSO = sys.platform == "linux"
-"""Send a frame's packets with UDP generic segmentation offload: one ``sendmsg`` per run of equal-sized
-packets instead of one ``sendto`` per packet (~1.5 µs less per packet on loopback). Turned off per socket
-when the kernel refuses it."""
+"""Whether UDP generic segmentation offload can be asked for here (``ServerConfig.udp_gso``, off by default):
+one ``sendmsg`` per run of equal-sized packets instead of one ``sendto`` per packet (~1.5 µs less per packet
+on loopback). Turned off per socket when the kernel refuses it."""
 GSO_MAX_SEGMENTS = 64
 """The kernel's ``UDP_MAX_SEGMENTS``."""
 GSO_MAX_BYTES = 65_000
@@ -157,8 +157,9 @@ class DirectSocket:
     way (``probe.srtp.InPlace``).
     """
 
-    def __init__(self, dtls: Any) -> None:
-        """Raises AttributeError, KeyError or TypeError when a private attribute this relies on is missing."""
+    def __init__(self, dtls: Any, *, gso: bool = False) -> None:
+        """Raises AttributeError, KeyError or TypeError when a private attribute this relies on is missing.
+        ``gso``: send a frame's equal-sized packets with one UDP GSO call (``ServerConfig.udp_gso``)."""
         session = dtls._tx_srtp
         self._protect = _protector(session)
         pair = dtls.transport._connection._nominated[1]
@@ -166,7 +167,7 @@ class DirectSocket:
         self._sendto, self._sock, self._pending = transport.sendto, transport._sock, transport._buffer
         self._addr = pair.remote_addr
         self._in_place = srtp.in_place(session, "protect")
-        self._gso = GSO and transport.get_extra_info("socket").family in (socket.AF_INET, socket.AF_INET6)
+        self._gso = gso and GSO and getattr(self._sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
         self._batch = _SegmentBatch()
 
     def __call__(self, data: bytes) -> None:
@@ -257,7 +258,7 @@ class DirectSocket:
         return total
 
 
-def direct_out(dtls: Any) -> DirectSocket | None:
+def direct_out(dtls: Any, *, gso: bool = False) -> DirectSocket | None:
     """The ``DirectSocket`` of a connected aiortc RTCDtlsTransport, or None.
 
     None when the transport is not connected, or when a private attribute this relies on
@@ -266,7 +267,7 @@ def direct_out(dtls: Any) -> DirectSocket | None:
     try:
         if dtls.state != "connected":
             return None
-        return DirectSocket(dtls)
+        return DirectSocket(dtls, gso=gso)
     except (AttributeError, KeyError, TypeError) as exc:
         _log_fallback(f"{type(exc).__name__}: {exc}")
         return None
@@ -280,12 +281,12 @@ def _protector(session: Any) -> Callable[[bytes], bytes]:
     return protect
 
 
-def install(sender: Any, track: FrameTrack, sink: DirectSink | None = None) -> FastSender:
+def install(sender: Any, track: FrameTrack, sink: DirectSink | None = None, *, gso: bool = False) -> FastSender:
     """Make ``sender`` (an aiortc RTCRtpSender, not started yet) send ``track``'s shared payloads.
 
     With a ``sink``, packets are sent synchronously from the fan-out once DTLS is connected.
     """
-    fast = FastSender(sender, track, sink)
+    fast = FastSender(sender, track, sink, gso=gso)
     sender._run_rtp = fast.run
     sender._retransmit = fast.retransmit
     return fast
@@ -322,8 +323,9 @@ class _ExtensionBlock:
 class FastSender:
     """Replaces one RTCRtpSender's ``_run_rtp`` / ``_retransmit``. ``direct`` tells whether the sync path runs."""
 
-    def __init__(self, sender: Any, track: FrameTrack, sink: DirectSink | None) -> None:
+    def __init__(self, sender: Any, track: FrameTrack, sink: DirectSink | None, *, gso: bool = False) -> None:
         self.sender = sender
+        self.gso = gso
         self.track = track
         self.sink = sink
         self.video = track.kind == "video"
@@ -354,7 +356,7 @@ class FastSender:
         self._ssrc = sender._ssrc
         if self.sink is not None:
             dtls = sender.transport
-            self._out = direct_out(dtls)
+            self._out = direct_out(dtls, gso=self.gso)
             if self._out is not None:
                 self._connected = _connected_check(dtls)
                 self.direct = True
@@ -395,8 +397,8 @@ class FastSender:
             return
         ntp, ext, first, timestamp = self._frame_fields(frame)
         seq = self._sequence_number
+        self._sent_frame(seq, timestamp, payloads, ext, ntp)  # first: an error mid-frame must not reuse numbers
         size = out.send_rtp(first, self._payload_type, seq, timestamp, self._ssrc, ext, payloads)
-        self._sent_frame(seq, timestamp, payloads, ext, ntp)
         sink.sent_plain(len(payloads), size, self.video)
 
     def _frame_fields(self, frame: EncodedFrame) -> tuple[int, bytes, int, int]:

@@ -70,12 +70,14 @@ class Room:
         wall_clock: Callable[[], float] = time.time,
         encoder_threads: int = 1,
         fast_send: bool = True,
+        udp_gso: bool = False,
     ) -> None:
         self.config = config
         self.name = config.name
         self.seed = seed
         self.ice_host = ice_host
         self.fast_send = fast_send
+        self.udp_gso = udp_gso
         self.clock = clock
         self.wall_clock = wall_clock
         self.started_at = clock()
@@ -172,7 +174,7 @@ class Room:
                 )
                 audio_tr = pc.addTransceiver(audio, direction="sendonly") if audio else None
                 if self.fast_send:  # before the senders can start (they start once DTLS is up)
-                    fast_senders.append(fastsend.install(video_tr.sender, video, sendpath))
+                    fast_senders.append(fastsend.install(video_tr.sender, video, sendpath, gso=self.udp_gso))
                     if audio_tr is not None and audio is not None:
                         fast_senders.append(fastsend.install(audio_tr.sender, audio, sendpath))
                 try:

@@ -171,6 +171,7 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
             wall_clock=config.wall_clock,
             encoder_threads=config.encoder_threads,
             fast_send=config.fast_send,
+            udp_gso=config.udp_gso,
         )
         for rc in config.rooms
     }

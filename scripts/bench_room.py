@@ -118,6 +118,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="viewer processes")
     ap.add_argument("--spec", default="1280x720@30:vp8:1500", help="room spec after the name")
     ap.add_argument("--no-fast-send", action="store_true", help="run the room with aiortc's own send loop")
+    ap.add_argument("--udp-gso", action="store_true", help="run the room with --udp-gso (one sendmsg per frame)")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up after this many s in total")
     ap.add_argument("--pin", action="store_true",
                     help="room on the first CPU, viewers on the others: does one core serve N viewers at full rate?")
@@ -139,7 +140,8 @@ def main() -> int:
         os.sched_setaffinity(0, set(cpus[1:]))  # this process and the viewer workers it spawns
     room = subprocess.Popen(
         [sys.executable, "-m", "streamqoe.cli", "--log-level", "warning", "room", "--port", str(port),
-         "--room", f"{ROOM}:{args.spec}", *(["--no-fast-send"] if args.no_fast_send else [])],
+         "--room", f"{ROOM}:{args.spec}", *(["--no-fast-send"] if args.no_fast_send else []),
+         *(["--udp-gso"] if args.udp_gso else [])],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         preexec_fn=(lambda: os.sched_setaffinity(0, room_cpus)) if room_cpus else None,
     )  # fmt: skip
