@@ -186,3 +186,28 @@ def test_segment_batch_splits_runs_where_gso_needs_them() -> None:
     while batch.add(memoryview(b"y" * 1400)):
         pass  # until the buffer is full: add refuses and keeps what it has
     assert sum(len(data) for data, _, _ in batch.runs()) <= len(batch._buffer)
+
+
+async def test_a_frame_larger_than_the_gso_batch_is_sent_whole_and_in_order() -> None:
+    """A 150-packet frame (~170 kB, more than one batch buffer) is flushed mid-frame and still arrives complete."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 8 << 20)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 4 << 20:
+        sock.close()
+        pytest.skip("cannot raise the receive buffer to hold a 150-packet frame (needs root or a larger rmem_max)")
+    dtls, transport = await _sender(sock.getsockname())
+    out = direct_out(dtls, gso=True)
+    assert out is not None
+    rx = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    payloads = (*(os.urandom(1100) for _ in range(149)), os.urandom(50))
+    assert sum(map(len, payloads)) > len(_SegmentBatch()._buffer)
+    out.send_rtp(0x80, 96, 65500, 7, 0x1234, b"", payloads)
+    got = [rx.unprotect(sock.recv(2048)) for _ in payloads]
+    assert got == [_rtp_at((65500 + i) & 0xFFFF, 7, p, last=i == 149) for i, p in enumerate(payloads)]
+    transport.close()
+    sock.close()
