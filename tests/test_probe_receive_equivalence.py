@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rate import OveruseEstimator, RateCounter, RemoteBitrateEstimator
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from probe import remb, rtpparse
 from probe.jitterbuffer import FastJitterBuffer
 from probe.remb import FastOveruseEstimator, FastRateCounter
+from probe.tap import ReceiverTap
 
 
 @pytest.mark.parametrize("window", [1, 2, 5, 7, 100, 1000])
@@ -177,3 +180,24 @@ def test_fast_jitter_buffer_matches_aiortc(capacity: int, prefetch: int, video: 
             assert fast._origin == ref._origin
             assert fast._packets == ref._packets
     assert frames > 500 and (plis > 0 or not video)
+
+
+# --- installed where the probe receives ------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_the_tap_installs_the_stand_ins_in_aiortcs_receiver(kind: str) -> None:
+    """With the aiortc this project pins, every stand-in is in place (their installs fall back silently
+    to aiortc's own classes when its internals change; this is where such a change shows)."""
+    receiver = RTCRtpReceiver(kind, SimpleNamespace(state="new"))
+    old_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    ReceiverTap(receiver, kind, decode=False, now_ms=lambda: 0.0, counters={},
+                on_assembled=lambda *_: None, on_first_rtp=lambda _: None).install()
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    assert isinstance(buffer, FastJitterBuffer)
+    assert (buffer.capacity, buffer._prefetch, buffer._is_video) == (old_buffer.capacity, old_buffer._prefetch,
+                                                                     old_buffer._is_video)
+    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    if kind == "video":
+        assert isinstance(estimator.incoming_bitrate, FastRateCounter)
+        assert isinstance(estimator.estimator, FastOveruseEstimator)
+    else:
+        assert estimator is None  # aiortc estimates no audio bandwidth
