@@ -21,19 +21,13 @@ def fast_op(session: Any, name: str) -> tuple[Op, bool]:
     ``op`` raises ``pylibsrtp.Error`` when libsrtp refuses a packet (authentication failure, replay)
     and ``ValueError`` when the packet does not fit the session's buffer, as pylibsrtp does.
     """
-    fallback: Op = getattr(session, name)
-    try:
-        import pylibsrtp
-        from pylibsrtp import _binding
-
-        check: Callable[[int], None] = pylibsrtp._srtp_assert
-        srtp, cdata, buffer = session._srtp[0], session._cdata, session._buffer
-        trailer = pylibsrtp.SRTP_MAX_TRAILER_LEN if name == "protect" else 0
-        func = getattr(_binding.lib, f"srtp_{name}")
-        max_len = len(cdata) - trailer
-        len_p = _binding.ffi.new("int *")
-    except (ImportError, AttributeError, TypeError):
+    ip = in_place(session, name)
+    if ip is None:
+        fallback: Op = getattr(session, name)
         return fallback, False
+    # the same steps as ``InPlace.run``, inlined: this runs once per packet on both hot paths
+    # ``ip`` stays referenced by ``op`` (its error branch), so the session and its libsrtp context live on
+    func, srtp, cdata, len_p, buffer, max_len = ip.call_parts()
 
     def op(data: bytes) -> bytes:
         n = len(data)
@@ -43,7 +37,7 @@ def fast_op(session: Any, name: str) -> tuple[Op, bool]:
         buffer[0:n] = data
         rc = func(srtp, cdata, len_p)
         if rc:
-            check(rc)  # raises pylibsrtp.Error
+            ip.check(rc)  # raises pylibsrtp.Error
         out: bytes = buffer[0 : len_p[0]]
         return out
 
@@ -64,12 +58,23 @@ class InPlace:
         from pylibsrtp import _binding
 
         self._check: Callable[[int], None] = pylibsrtp._srtp_assert
+        self._session = session  # its libsrtp context must outlive this object (freed with the session)
         self._srtp, self._cdata = session._srtp[0], session._cdata
         self._func = getattr(_binding.lib, f"srtp_{name}")
         trailer = pylibsrtp.SRTP_MAX_TRAILER_LEN if name == "protect" else 0
         self.max_len: int = len(self._cdata) - trailer
-        self.view = memoryview(session._buffer)
+        self._buffer = session._buffer
+        self.view = memoryview(self._buffer)
         self._len_p = _binding.ffi.new("int *")
+
+    def call_parts(self) -> tuple[Any, Any, Any, Any, Any, int]:
+        """(libsrtp function, context, buffer cdata, length cell, buffer, max length) for a caller that inlines
+        ``run`` (see ``fast_op``); it must keep this object alive and call ``check`` on a non-zero result."""
+        return self._func, self._srtp, self._cdata, self._len_p, self._buffer, self.max_len
+
+    def check(self, rc: int) -> None:
+        """Raise ``pylibsrtp.Error`` for libsrtp's error code ``rc`` (non-zero)."""
+        self._check(rc)
 
     def run(self, n: int) -> int:
         """Protect/unprotect ``view[:n]`` in place; the new length. ``pylibsrtp.Error`` as pylibsrtp."""
@@ -77,7 +82,7 @@ class InPlace:
         len_p[0] = n
         rc = self._func(self._srtp, self._cdata, len_p)
         if rc:
-            self._check(rc)
+            self.check(rc)
         return int(len_p[0])
 
 

@@ -21,7 +21,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import av
@@ -65,6 +65,11 @@ class EncodedFrame:
     """Rendition name (empty for audio)."""
     payloads: tuple[bytes, ...] = ()
     """RTP payloads of the frame, packetized once for every viewer (``room/fastsend.py``)."""
+    payload_bytes: int = field(init=False)
+    """Total bytes of ``payloads`` (each viewer's RTCP sender report counts them)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload_bytes", sum(map(len, self.payloads)))
 
 
 class Subscriber(Protocol):

@@ -11,10 +11,11 @@ SSRC, sequence number and timestamp offset. This module:
   builds the header-extension block once per frame by patching abs-send-time into a template, and
   writes each packet's 12-byte header with one ``struct.pack``;
 - once the viewer's DTLS is connected, resolves its SRTP session and the selected ICE pair's UDP
-  transport and sends every packet **synchronously**, ``sendto(srtp.protect(rtp), addr)``, from the
-  encoder's fan-out (the track's ``direct`` hook): one Python loop per frame over all viewers, no
-  task switch and no coroutine per packet. Impairments and truth still go through the viewer's
-  ``SendPath`` (``SendPath.send_direct``).
+  transport and sends every packet **synchronously** from the encoder's fan-out (the track's ``direct``
+  hook): one Python loop per frame over all viewers, no task switch and no coroutine per packet. An
+  unimpaired viewer's packets are written into libsrtp's buffer and protected in place
+  (``DirectSocket.send_rtp``); an impaired viewer's are built and go through its ``SendPath``
+  (``SendPath.send_direct``), which applies the impairments and keeps the truth.
 
 RTCP (sender reports) and NACK → RTX stay on aiortc's own path (rare packets), through the same
 ``SendPath``. The sender's own bookkeeping (RTCP sender-report counters, started/exited events) is
@@ -167,6 +168,8 @@ class DirectSocket:
         self._sendto, self._sock, self._pending = transport.sendto, transport._sock, transport._buffer
         self._addr = pair.remote_addr
         self._in_place = srtp.in_place(session, "protect")
+        self.in_place = self._in_place is not None
+        """Whether ``send_rtp`` can be used (pylibsrtp's internals as expected); otherwise send built packets."""
         self._gso = gso and GSO and getattr(self._sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
         self._batch: _SegmentBatch | None = None  # made on first use: ~130 kB per viewer, only with GSO
 
@@ -190,8 +193,7 @@ class DirectSocket:
                  payloads: tuple[bytes, ...]) -> int:
         """Send one frame's packets (consecutive ``seq``, marker on the last); the RTP bytes sent."""
         ip = self._in_place
-        if ip is None:  # pylibsrtp internals changed: build each packet and protect it the plain way
-            return self._send_built(first, payload_type, seq, timestamp, ssrc, ext, payloads)
+        assert ip is not None, "send_rtp needs in-place SRTP (``in_place``)"
         view, run, max_len, pack_into = ip.view, ip.run, ip.max_len, _HEADER.pack_into
         batch = None
         if len(payloads) > 1 and self._gso:
@@ -247,17 +249,6 @@ class DirectSocket:
             for k in range(0, len(data), segment):
                 self._queue(bytes(data[k : k + segment]))
         batch.clear()
-
-    def _send_built(self, first: int, payload_type: int, seq: int, timestamp: int, ssrc: int, ext: bytes,
-                    payloads: tuple[bytes, ...]) -> int:
-        total = 0
-        last = len(payloads) - 1
-        for i, payload in enumerate(payloads):
-            data = _HEADER.pack(first, (0x80 if i == last else 0) | payload_type, seq, timestamp, ssrc) + ext + payload
-            self(data)
-            total += len(data)
-            seq = (seq + 1) & 0xFFFF
-        return total
 
 
 def direct_out(dtls: Any, *, gso: bool = False) -> DirectSocket | None:
@@ -394,12 +385,13 @@ class FastSender:
             self.track.direct = None
             return
         self.frames_direct += 1
-        if not sink.plain():  # impairments: packet by packet through the viewer's send path
+        if not (out.in_place and sink.plain()):  # impairments: packet by packet through the viewer's send path
             sink.send_direct(out, self._build(frame), self.video)
             return
         ntp, ext, first, timestamp = self._frame_fields(frame)
         seq = self._sequence_number
-        self._sent_frame(seq, timestamp, payloads, ext, ntp)  # first: an error mid-frame must not reuse numbers
+        self._sent_frame(seq, timestamp, payloads, frame.payload_bytes, ext, ntp)  # first: an error mid-frame
+        # must not reuse sequence numbers
         size = out.send_rtp(first, self._payload_type, seq, timestamp, self._ssrc, ext, payloads)
         sink.sent_plain(len(payloads), size, self.video)
 
@@ -411,11 +403,12 @@ class FastSender:
         timestamp = (self._timestamp_origin + (frame.packet.pts or 0)) & 0xFFFFFFFF
         return ntp, ext, 0x90 if ext else 0x80, timestamp
 
-    def _sent_frame(self, seq: int, timestamp: int, payloads: tuple[bytes, ...], ext: bytes, ntp: int) -> None:
+    def _sent_frame(self, seq: int, timestamp: int, payloads: tuple[bytes, ...], frame_bytes: int, ext: bytes,
+                    ntp: int) -> None:
         """Bookkeeping for a frame whose packets got sequence numbers from ``seq`` on."""
         self._sent.append((seq, timestamp, payloads, ext))
         self._sequence_number = (seq + len(payloads)) & 0xFFFF
-        self._octets += sum(map(len, payloads))
+        self._octets += frame_bytes
         self._packets += len(payloads)
         # RTCP sender-report fields, as aiortc's own loop keeps them (plain instance attributes)
         fields = self._sender_fields
@@ -434,7 +427,7 @@ class FastSender:
         for i, payload in enumerate(frame.payloads):
             packets.append(pack(first, (0x80 if i == last else 0) | payload_type, seq, timestamp, ssrc) + ext + payload)
             seq = (seq + 1) & 0xFFFF
-        self._sent_frame(first_seq, timestamp, frame.payloads, ext, ntp)
+        self._sent_frame(first_seq, timestamp, frame.payloads, frame.payload_bytes, ext, ntp)
         return packets
 
     def _lookup(self, seq: int) -> tuple[int, int, bytes, bytes] | None:

@@ -232,16 +232,6 @@ class SendPath:
             frame, after_freeze = self._current, self._current_after_freeze
         else:
             kind, counts = "audio", truth.audio
-        if not self._lossy and self._direct and not self._line:  # the common case: straight out
-            size = 0
-            for data in packets:
-                out(data)
-                size += len(data)
-            counts.packets_sent += len(packets)
-            counts.bytes_sent += size
-            if frame is not None:
-                self._record_video(frame, after_freeze)
-            return
         for data in packets:
             if self._lossy:
                 lost_random = self._random is not None and self._random.lost()

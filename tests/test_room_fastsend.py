@@ -10,6 +10,7 @@ from plain namespaces: only its shape is fake; socket, transport and libsrtp are
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import struct
@@ -19,6 +20,7 @@ from typing import Any
 import pylibsrtp
 import pytest
 
+from probe import srtp
 from room.fastsend import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, FastSender, _SegmentBatch, direct_out
 
 KEY = os.urandom(30)
@@ -211,3 +213,16 @@ async def test_a_frame_larger_than_the_gso_batch_is_sent_whole_and_in_order() ->
     assert got == [_rtp_at((65500 + i) & 0xFFFF, 7, p, last=i == 149) for i, p in enumerate(payloads)]
     transport.close()
     sock.close()
+
+
+def test_fast_srtp_ops_keep_their_session_alive() -> None:
+    """``fast_op`` and ``in_place`` call libsrtp on the session's context: dropping the session must not free
+    it under them (it did crash the process before they held a reference)."""
+    protect, fast = srtp.fast_op(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), "protect")
+    unprotect, _ = srtp.fast_op(_session(pylibsrtp.Policy.SSRC_ANY_INBOUND), "unprotect")
+    gc.collect()
+    assert fast
+    packet = _rtp(7, b"x" * 300)
+    assert unprotect(protect(packet)) == packet
+    with pytest.raises(pylibsrtp.Error):
+        unprotect(protect(packet))  # a replayed index is refused, through the error path
