@@ -98,8 +98,9 @@ class VideoStats:
             if step == 0:
                 self.marker_repeated += 1
                 return  # the content did not change: no new sample for the content-freeze rule
-            if step < 2**31:
+            if 1 < step < 2**31:
                 self.marker_skipped += step - 1
+                self.events.append((t_ms / 1000.0, "marker_skip", {"frames": step - 1}))
         self._last_seq = marker.seq
         stall = self.marker_freezes.add_frame(t_ms)
         if stall is not None and stall.kind == "freeze":

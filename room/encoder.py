@@ -19,7 +19,7 @@ import fractions
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -78,6 +78,10 @@ class Subscriber(Protocol):
     def on_frame(self, source: SharedSource, frame: EncodedFrame) -> None: ...
 
 
+LATE_S = 0.05
+"""A tick started this far behind its schedule is recorded in ``SharedSource.late``: the room could not run."""
+
+
 class SharedSource:
     """Paced loop + subscriber set, common to the video and audio encoders."""
 
@@ -102,6 +106,7 @@ class SharedSource:
         self._task: asyncio.Task[None] | None = None
         self.frames_encoded = 0
         self.ticks_skipped = 0
+        self.late: deque[tuple[float, float]] = deque(maxlen=1000)
         self.encode_s_total = 0.0
 
     @property
@@ -140,7 +145,10 @@ class SharedSource:
                     delay = due - self.clock()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    elif -delay > self.period_s:  # more than a tick late: skip to the current tick
+                    behind = self.clock() - due
+                    if behind >= LATE_S:
+                        self._note_late(behind)
+                    if -delay > self.period_s:  # more than a tick late: skip to the current tick
                         late = int(-delay / self.period_s)
                         self.ticks_skipped += late
                         tick += late
@@ -162,6 +170,14 @@ class SharedSource:
     async def _produce(self, tick: int, due: float) -> EncodedFrame | None:
         raise NotImplementedError
 
+    def _note_late(self, behind_s: float) -> None:
+        """Record that the tick due ``behind_s`` ago starts now (one interval per episode: overlaps merge)."""
+        now_ms = round(self.wall_clock() * 1000.0, 1)
+        start_ms = round(now_ms - behind_s * 1000.0, 1)
+        if self.late and start_ms <= self.late[-1][1]:
+            start_ms = min(start_ms, self.late.pop()[0])
+        self.late.append((start_ms, now_ms))
+
     def stats(self) -> dict[str, Any]:
         """Counters for the truth endpoint."""
         return {
@@ -169,6 +185,7 @@ class SharedSource:
             "subscribers": self.subscriber_count,
             "frames_encoded": self.frames_encoded,
             "ticks_skipped": self.ticks_skipped,
+            "late": [list(interval) for interval in self.late],
             "encode_ms_avg": round(1000 * self.encode_s_total / self.frames_encoded, 3)
             if self.frames_encoded
             else None,

@@ -160,6 +160,8 @@ def test_video_stats_marker_repeats_skips_latency_and_hd_share() -> None:
                    marker.Marker(s, 1000 + i * 100), 1050.0 + i * 100)
     v.finish(1100.0)
     assert v.marker_repeated == 2 and v.marker_skipped == 2
+    # the skip is an event at the first frame after it (frame 9, at t = 0.9 s)
+    assert [(t, d) for t, typ, d in v.events if typ == "marker_skip"] == [(0.9, {"frames": 2})]
     assert percentile(v.latencies_ms, 50) == pytest.approx(50.0)
     assert v.hd_share(1100.0) == pytest.approx(500 / 1100)
     assert [(w, h) for _, w, h in v.resolution_changes] == [(1280, 720), (640, 360)]

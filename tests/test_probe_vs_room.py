@@ -7,6 +7,7 @@ Bounds are generous where timing is involved: these tests must not fail on sched
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from probe.session import ProbeOptions, Session, run_session
 from room.config import Rendition, RoomConfig, ServerConfig
 from room.scenario import parse as parse_scenario
 from room.server import RoomServer
+from tests.stalls import LoopStalls
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +33,22 @@ def started_ms(report: Report) -> float:
 
 
 async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decode: bool = True,
-                     query: str = "", fast_receive: bool = True) -> tuple[Report, dict[str, Any]]:
+                     query: str = "", fast_receive: bool = True,
+                     stalls: LoopStalls | None = None) -> tuple[Report, dict[str, Any]]:
     """Run one probe session against a room built from ``scenario``; returns (report, viewer truth).
 
     Checks which receive path the session took: the direct one (``probe.fastrecv``) or aiortc's.
+    ``stalls``, if given, records this process's stalls during the session and the room's late ticks.
     """
     config = parse_scenario(scenario).server_config()
-    async with RoomServer(config) as server:
+    async with RoomServer(config) as server, stalls or contextlib.nullcontext():
         room = config.rooms[0].name
         session = Session(ProbeOptions(url=server.whep_url(room) + query, duration_s=duration_s, decode=decode,
                                        fast_receive=fast_receive))
         report = await session.run()
         truth = server.rooms[room].truth()
+    if stalls is not None:
+        stalls.add_room_truth(truth)
     if report.summary.join.first_rtp_ms is not None:
         direct = session.direct_receive
         if fast_receive:
@@ -59,13 +65,18 @@ def video_stream(report: Report) -> Any:
 
 @pytest.mark.parametrize("fast_receive", [True, False], ids=["direct-receive", "aiortc-receive"])
 async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> None:
-    report, truth = await probe_room({"rooms": [{"name": "clean"}]}, duration_s=5, fast_receive=fast_receive)
+    stalls = LoopStalls()
+    report, truth = await probe_room({"rooms": [{"name": "clean"}]}, duration_s=5, fast_receive=fast_receive,
+                                      stalls=stalls)
     assert report.failure is None, report.failure_message
     v = report.summary.video
     assert v is not None
     assert (v.width, v.height) == (1280, 720)
-    # no scheduled freeze: a freeze here could only be a stall of this shared process (room + probe)
-    assert v.freezeCount <= 1 and v.pauseCount == 0
+    # no scheduled freeze: a freeze here can only be a stall of this shared process (room + probe), which
+    # the room feels too; on a loaded machine (a CI run saw 4) each must coincide with one
+    unexplained = stalls.unexplained_freezes(report, started_ms(report))
+    assert unexplained == [], (unexplained, stalls.intervals)
+    assert v.pauseCount == 0
     # frames: the probe got every frame the room sent it (the room's encoder may skip ticks on a busy
     # machine; those frames were never sent, and the probe sees them as skipped marker numbers)
     assert abs(v.framesReceived - truth["frames_sent"]) <= 3
@@ -134,18 +145,21 @@ async def test_scheduled_freezes_are_counted_with_their_durations() -> None:
         "rooms": [small("freezy")],
         "impairments": [{"at_ms": 2000, "freeze_ms": 500}, {"at_ms": 4000, "freeze_ms": 1200}],
     }
-    report, truth = await probe_room(scenario, duration_s=7)
+    stalls = LoopStalls()
+    report, truth = await probe_room(scenario, duration_s=7, stalls=stalls)
     v = report.summary.video
     assert v is not None
-    freezes = [e for e in report.events if e.type == "freeze_start"]
-    assert v.freezeCount == 2 == len(truth["freezes"]), (freezes, truth["freezes"])
+    t0 = started_ms(report)
+    # a freeze the room did not schedule must be a stall of this shared process (see the clean test)
+    freezes = stalls.unexplained_freezes(report, t0)
+    assert len(freezes) == 2 == len(truth["freezes"]), (freezes, truth["freezes"], stalls.intervals)
     true_gaps = [f["end_ms"] - f["start_ms"] for f in truth["freezes"]]
     measured = [float(e.detail["duration_ms"]) for e in freezes]
     for gap, got in zip(true_gaps, measured, strict=True):
         assert got == pytest.approx(gap, abs=120), (true_gaps, measured)
-    assert v.totalFreezesDuration == pytest.approx(sum(true_gaps) / 1000, abs=0.2)
+    if v.freezeCount == 2:
+        assert v.totalFreezesDuration == pytest.approx(sum(true_gaps) / 1000, abs=0.2)
     # each freeze starts where the room stopped sending (relative to the probe's t0)
-    t0 = started_ms(report)
     for f, e in zip(truth["freezes"], freezes, strict=True):
         assert e.t_s * 1000 == pytest.approx(f["start_ms"] - t0, abs=150)
     assert v.stall_ratio == pytest.approx(v.totalFreezesDuration / v.watch_time_s, rel=0.01)

@@ -136,6 +136,30 @@ async def test_viewers_share_one_encoder(session: aiohttp.ClientSession) -> None
     assert len(common) >= 20  # the same frames (same marker seq) reached every viewer
 
 
+async def test_truth_records_when_the_room_itself_could_not_run(session: aiohttp.ClientSession) -> None:
+    config = ServerConfig(rooms=(RoomConfig("test", renditions=(R180,), audio=None),))
+    async with RoomServer(config) as server:
+        viewer = WhepViewer(server.whep_url("test"), audio=False)
+        assert await viewer.join(session) == 201
+        await viewer.wait_frames(5)
+        await asyncio.sleep(0.5)
+        before = server.rooms["test"].truth()["encoders"]["180p"]
+        blocked_from = time.time() * 1000.0
+        time.sleep(0.4)  # noqa: ASYNC251 -- on purpose: the room's loop cannot run, its encoder falls 12 ticks behind
+        blocked_to = time.time() * 1000.0
+        await viewer.wait_frames(len(viewer.frames) + 5)
+        after = server.rooms["test"].truth()["encoders"]["180p"]
+        await viewer.leave(session)
+
+    new = after["late"][len(before["late"]):]
+    assert after["ticks_skipped"] - before["ticks_skipped"] >= 10
+    # the block is one late interval: it starts within a tick of the block's start and ends after it
+    covering = [(s, e) for s, e in new if s <= blocked_from + 40 and e >= blocked_to - 1]
+    assert len(covering) == 1, (new, blocked_from, blocked_to)
+    # and a machine that is not blocked records nothing more than scheduling noise around it
+    assert sum(e - s for s, e in new) < 400 + 200, new
+
+
 async def test_delete_leaves_and_truth_records_it(session: aiohttp.ClientSession) -> None:
     config = ServerConfig(rooms=(RoomConfig("test", renditions=(R180,)),))
     async with RoomServer(config) as server:

@@ -1,0 +1,68 @@
+"""Process stalls, recorded so a timing test can tell a probe's real finding from a starved machine.
+
+A room and a probe sharing one process (as the in-process tests run them) freeze together when that
+process cannot run: the room sends nothing, so the probe sees a real freeze. Such a freeze says nothing
+about the probe. :class:`LoopStalls` records, in wall-clock ms, every interval in which the event loop
+ran late by more than a threshold (CPU steal, other processes, a thread holding the GIL), so a test can
+require that every freeze it did not schedule overlaps one of them (or a time the room's own encoder
+ran late, which the room records in its truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from types import TracebackType
+from typing import Any
+
+
+class LoopStalls:
+    """Wall-clock intervals in which this process's event loop could not run for ``threshold_ms`` or more."""
+
+    def __init__(self, threshold_ms: float = 60.0, tick_ms: float = 5.0) -> None:
+        self.threshold_ms = threshold_ms
+        self.tick_ms = tick_ms
+        self.intervals: list[tuple[float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopStalls:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.time() * 1000.0
+            await asyncio.sleep(self.tick_ms / 1000.0)
+            after = time.time() * 1000.0
+            if after - before - self.tick_ms >= self.threshold_ms:
+                self.intervals.append((before, after))
+
+    def overlaps(self, start_ms: float, end_ms: float, margin_ms: float = 50.0) -> bool:
+        """True if a recorded stall overlaps [start_ms - margin, end_ms + margin] (wall clock, ms)."""
+        return any(s < end_ms + margin_ms and e > start_ms - margin_ms for s, e in self.intervals)
+
+    def add_room_truth(self, truth: dict[str, Any]) -> None:
+        """Count the times the room's encoders ran late (``late`` in its truth) as stalls too."""
+        self.intervals.extend((s, e) for enc in truth["encoders"].values() for s, e in enc["late"])
+
+    def unexplained_freezes(self, report: Any, t0_wall_ms: float) -> list[Any]:
+        """The report's ``freeze_start`` events whose freeze overlaps no stall (of this process or of the
+        room's encoders); ``t0_wall_ms`` is the session's t0 on the wall clock."""
+        out = []
+        for e in report.events:
+            if e.type != "freeze_start":
+                continue
+            start = t0_wall_ms + e.t_s * 1000.0
+            end = start + float(e.detail["duration_ms"])
+            if self.overlaps(start, end):
+                continue
+            out.append(e)
+        return out
