@@ -129,6 +129,11 @@ def summarize(results: list[WorkerResult], *, probes: int, wall_s: float, mode: 
         "fps_mean": sum(v["fps_mean"] or 0 for v in videos) / len(videos) if videos else None,
         "freezes_total": sum(v["freezeCount"] for v in videos),
         "probes_with_freezes": sum(1 for v in videos if v["freezeCount"]),
+        # freezes that overlap a stall of the probe's own process: the fleet, not the stream, is the suspect
+        "freezes_during_host_stalls": sum((r["summary"].get("host_stalls") or {}).get("freezes_during", 0)
+                                          for r in ok),
+        "host_stall_s_max": max(((r["summary"].get("host_stalls") or {}).get("stalled_s", 0.0) for r in ok),
+                                default=None),
         "loss_pct_mean": _mean([s["loss_pct"] for r in ok for s in r["summary"]["streams"]
                                 if s["kind"] == "video" and s["loss_pct"] is not None]),
         "cpu_s": round(cpu_s, 2),

@@ -57,6 +57,7 @@ EVENT_TYPES = frozenset(
         "marker_repeat",
         "marker_skip",
         "connection_state",
+        "host_stall",
         "reconnect",
         "failure",
     }
@@ -348,6 +349,27 @@ class AudioSummary(_Record):
 
 
 @dataclass(frozen=True)
+class HostStalls(_Record):
+    """Stalls of the probe's own process during the session (``probe/hoststalls.py``): times its event loop
+    woke ≥ 100 ms late. A freeze inside one may be the probe's own doing, not the stream's."""
+
+    count: int
+    """Host stalls that overlap the session."""
+    stalled_s: float
+    """Their total duration inside the session, seconds."""
+    max_ms: float | None
+    """The longest, ms (None if there were none)."""
+    freezes_during: int
+    """Freezes (counted in ``video.freezeCount``) whose interval overlaps a host stall."""
+
+    def __post_init__(self) -> None:
+        _int(self.count, "count", optional=False)
+        _num(self.stalled_s, "stalled_s", optional=False, hi=86_400)
+        _num(self.max_ms, "max_ms", hi=86_400_000)
+        _int(self.freezes_during, "freezes_during", optional=False)
+
+
+@dataclass(frozen=True)
 class Summary(_Record):
     """The measurement of one session."""
 
@@ -361,11 +383,14 @@ class Summary(_Record):
     """Round-trip time from RTCP (SR/RR) when the transport gives it."""
     unavailable: tuple[str, ...] = ()
     """Metrics this mode cannot give (e.g. ``framesDecoded`` in no-decode mode)."""
+    host_stalls: HostStalls | None = None
+    """The probe's own stalls (None from a probe that did not measure them)."""
 
     _nested: ClassVar[dict[str, type[_Record]]] = {
         "join": JoinPhases,
         "video": VideoSummary,
         "audio": AudioSummary,
+        "host_stalls": HostStalls,
     }
     _nested_lists: ClassVar[dict[str, type[_Record]]] = {"streams": StreamStats}
 

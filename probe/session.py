@@ -25,10 +25,12 @@ from aiortc.mediastreams import MediaStreamError
 from probe import fastrecv
 from probe import marker as frame_marker
 from probe.bitstream import FrameInfo
+from probe.hoststalls import monitor_for_loop
 from probe.ice import addresses_for_target, enlarge_receive_buffers, host_addresses
 from probe.report import (
     AudioSummary,
     Event,
+    HostStalls,
     JoinPhases,
     Report,
     ResolutionChange,
@@ -252,6 +254,8 @@ class Session:
                 self.latency_clock = "same_host" if addresses_for_target(host) else "ntp"
         except SignalingError as e:
             setup_error = e
+        self.host_monitor = monitor_for_loop(self.clock)
+        self.host_monitor.acquire()
         self.t0 = self.clock()
         self.started_at = datetime.fromtimestamp(self.wall_clock(), tz=UTC).isoformat(timespec="milliseconds")
         self.started_at = self.started_at.replace("+00:00", "Z")
@@ -284,7 +288,9 @@ class Session:
         if pc is not None:
             with contextlib.suppress(Exception):
                 await pc.close()
-        return self._report(end_ms)
+        report = self._report(end_ms)
+        self.host_monitor.release()
+        return report
 
     async def _watch_until_end(self) -> None:
         """Sleep until t0 + duration, or until the adapter reports the server lost the session."""
@@ -385,6 +391,7 @@ class Session:
                                                                         key=lambda c: (c.kind != "video", c.ssrc))),
             rtt_ms=None,
             unavailable=self._unavailable(),
+            host_stalls=self._host_stalls(end_ms),
         )
         events = sorted(self.events + self.video.events, key=lambda e: e[0])
         return Report(
@@ -402,6 +409,25 @@ class Session:
             timeline=self._timeline(end_ms),
             events=tuple(Event(round(t, 3), typ, detail) for t, typ, detail in events[:100_000]),
         )
+
+    def _host_stalls(self, end_ms: float) -> HostStalls:
+        """The probe's own stalls inside [t0, end]; marks each freeze that overlaps one (``host_stall`` in
+        its events' detail) and adds a ``host_stall`` event per stall."""
+        stalls = [((s - self.t0) * 1000.0, (e - self.t0) * 1000.0)
+                  for s, e in self.host_monitor.between(self.t0, self.t0 + end_ms / 1000.0)]
+        freezes_during = 0
+        for f in self.video.freezes.stalls:
+            if f.kind == "freeze" and any(s < f.end_ms and e > f.start_ms for s, e in stalls):
+                freezes_during += 1
+                for t, typ, detail in self.video.events:
+                    if typ == "freeze_start" and t == f.start_ms / 1000.0:
+                        detail["host_stall"] = True
+        for s, e in stalls:
+            self.events.append((max(0.0, s) / 1000.0, "host_stall", {"duration_ms": round(e - s, 1)}))
+        inside = [min(e, end_ms) - max(s, 0.0) for s, e in stalls]
+        return HostStalls(count=len(stalls), stalled_s=round(sum(inside) / 1000.0, 3),
+                          max_ms=round(max(e - s for s, e in stalls), 1) if stalls else None,
+                          freezes_during=freezes_during)
 
     def _unavailable(self) -> tuple[str, ...]:
         out = ["rtt_ms"]  # a receive-only aiortc peer gets no RTT from RTCP (only the sender computes it)

@@ -4,7 +4,8 @@
 Starts the room (`streamqoe room`, 1280x720@30 VP8 1500 kbps) as its own process, then runs fleets of
 probes (decode and --no-decode) in worker processes against it, and prints a table:
 CPU % per probe (CPU-seconds / wall-second of the probe workers ÷ probes), fps, freezes (every freeze
-is a false freeze: the room freezes nothing in this scenario), and the room's CPU % while serving.
+is a false freeze: the room freezes nothing in this scenario; `freezes_in_host_stalls` counts those that
+overlap a stall of the probe's own process), and the room's CPU % while serving.
 Reference measured in the same run: one headless Chromium viewer's CPU (whole process group) on the
 same stream, when Chromium and scripts/reference_viewer are available.
 
@@ -95,6 +96,8 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
         "cpu_pct_per_probe": summary["cpu_pct_per_probe"],
         "cpu_steady": summary["cpu_pct_per_probe_steady"], "fps_mean": summary["fps_mean"],
         "false_freezes": summary["freezes_total"], "probes_with_freezes": summary["probes_with_freezes"],
+        "freezes_in_host_stalls": summary["freezes_during_host_stalls"],
+        "host_stall_s_max": summary["host_stall_s_max"],
         "ttff_p50_ms": summary["ttff_p50_ms"], "loss_pct": summary["loss_pct_mean"],
         "room_cpu_pct": round(100 * room_cpu, 1), "room_ticks_skipped": skipped,
         "room_keyframes": video_stat(after, "keyframes") - video_stat(before, "keyframes"),
@@ -201,7 +204,8 @@ def main() -> int:
         room.terminate()
         room.wait(10)
     cols = ["mode", "receive", "probes", "processes", "joined", "cpu_pct_per_probe", "cpu_steady", "fps_mean",
-            "false_freezes", "probes_with_freezes", "ttff_p50_ms", "loss_pct", "room_cpu_pct", "room_ticks_skipped",
+            "false_freezes", "probes_with_freezes", "freezes_in_host_stalls", "host_stall_s_max", "ttff_p50_ms",
+            "loss_pct", "room_cpu_pct", "room_ticks_skipped",
             "room_keyframes", "pli_received", "load_1m"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -7,7 +7,9 @@ Bounds are generous where timing is involved: these tests must not fail on sched
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +94,34 @@ async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> N
     assert st.packetsLost == 0 and st.loss_pct == 0.0
     audio = report.summary.audio
     assert audio is not None and audio.framesReceived > 200 and audio.gapCount == 0
+
+
+async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flagged() -> None:
+    blocked: list[float] = []
+
+    async def block_loop() -> None:
+        await asyncio.sleep(2.5)
+        blocked.append(time.time() * 1000.0)
+        time.sleep(0.4)  # noqa: ASYNC251 -- on purpose: nothing in this process (room or probe) can run
+        blocked.append(time.time() * 1000.0)
+
+    blocker = asyncio.ensure_future(block_loop())
+    report, _ = await probe_room({"rooms": [small("blocked")]}, duration_s=5)
+    await blocker
+    hs = report.summary.host_stalls
+    v = report.summary.video
+    assert hs is not None and v is not None
+    stalls = [e for e in report.events if e.type == "host_stall"]
+    # the 400 ms block is one stall (the monitor wakes every 20 ms: it sees the block less < 20 ms)
+    (block,) = [e for e in stalls if float(e.detail["duration_ms"]) >= 300]
+    assert 380 <= float(block.detail["duration_ms"]) <= 400 + 100
+    t0 = started_ms(report)
+    assert block.t_s * 1000 == pytest.approx(blocked[0] - t0, abs=30)
+    assert hs.count == len(stalls) and hs.max_ms == max(float(e.detail["duration_ms"]) for e in stalls)
+    assert hs.stalled_s >= 0.38
+    # the room could not send either, so the viewer froze; the freeze is counted and flagged as the host's
+    flagged = [e for e in report.events if e.type == "freeze_start" and e.detail.get("host_stall")]
+    assert v.freezeCount >= 1 and hs.freezes_during == len(flagged) >= 1
 
 
 async def test_ttff_is_consistent_with_the_rooms_first_frame() -> None:

@@ -1,0 +1,76 @@
+"""Stalls of the probe's own process, so a freeze the probe caused is not blamed on the stream.
+
+A probe that cannot run (its host is overloaded, the hypervisor steals its CPU, a fleet packs too many
+sessions into one process) handles packets late and sees frames arrive in a burst after a gap: a W3C
+freeze that no viewer had. The probe cannot tell that from a real freeze by looking at frames, but it
+can see that it could not run. :class:`LoopMonitor` measures exactly that: a timer on the event loop that
+every session's receive path runs on, asking to wake every ``TICK_S``; a wake-up later than
+``THRESHOLD_MS`` is a **host stall** from when the timer was due to when it ran.
+
+One monitor serves every session on a loop (a fleet process runs hundreds of sessions; one timer costs
+~50 wake-ups per second in total, not per session). Sessions read the stalls inside their own window.
+Only event-loop stalls are seen: a decoder thread starved while the loop runs is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+TICK_S = 0.02
+"""How often the monitor asks to wake."""
+THRESHOLD_MS = 100.0
+"""A wake-up at least this late is a host stall (a W3C freeze needs a gap of ≥ 150 ms over the average)."""
+KEEP = 10_000
+"""Stalls kept per loop (a session only reads those inside its own window)."""
+
+
+class LoopMonitor:
+    """Host stalls of one event loop, as (start, end) on ``clock`` (seconds)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=KEEP)
+        self._users = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def acquire(self) -> None:
+        self._users += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        threshold = THRESHOLD_MS / 1000.0
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                due = self.clock() + TICK_S
+                await asyncio.sleep(TICK_S)
+                late = self.clock() - due
+                if late >= threshold:
+                    self.stalls.append((due, due + late))
+
+    def between(self, start: float, end: float) -> list[tuple[float, float]]:
+        """Stalls that overlap [start, end] (clock seconds)."""
+        return [(s, e) for s, e in self.stalls if e > start and s < end]
+
+
+_monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMonitor] = weakref.WeakKeyDictionary()
+
+
+def monitor_for_loop(clock: Callable[[], float] = time.monotonic) -> LoopMonitor:
+    """The running loop's monitor (created on first use; sessions ``acquire``/``release`` it)."""
+    loop = asyncio.get_running_loop()
+    mon = _monitors.get(loop)
+    if mon is None or mon.clock is not clock:
+        mon = _monitors[loop] = LoopMonitor(clock)
+    return mon
