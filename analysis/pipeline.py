@@ -72,6 +72,9 @@ class AnalysisResult:
     probe_series: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     """Segment label → probe metric → per-minute values (same minutes as ``series``)."""
     probe_incidents: list[ProbeIncident] = field(default_factory=list)
+    probe_host_stall_sessions: int = 0
+    """Probe sessions whose frozen time overlapping the probe's own host stalls was left out of their
+    stall ratio (``analysis/probe_reports.py``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The same facts as the HTML report, for machines."""
@@ -88,6 +91,7 @@ class AnalysisResult:
             "probes": {
                 "source": "synthetic probes (streamqoe probe sessions run by us), not viewers' beacons",
                 "reports": self.probe_reports,
+                "host_stall_sessions": self.probe_host_stall_sessions,
                 "series": self.probe_series,
                 "incidents": [],
             },
@@ -306,4 +310,5 @@ def run_analysis(
         probes.n if probes is not None else 0,
         p_series,
         p_incidents,
+        probes.host_stall_sessions if probes is not None else 0,
     )

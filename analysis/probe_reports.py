@@ -32,13 +32,17 @@ class ProbeTable:
     ttff_ms: NDArray[np.float64]
     """Time to first frame, ms; NaN when not measured (e.g. a failed join)."""
     stall_ratio: NDArray[np.float64]
-    """Frozen time / session time; NaN when not measured."""
+    """Frozen time / watch time, net of freezes that overlapped a stall of the probe's own process
+    (``summary.host_stalls.frozen_s_during``: the probe's host, not the stream, may have caused them);
+    NaN when not measured."""
     loss_pct: NDArray[np.float64]
     """Video packets lost, % (RFC 3550); NaN when not measured."""
     hd_share: NDArray[np.float64]
     """Share of time at ≥ 720 lines; NaN when not measured."""
     dims: dict[str, list[str]] = field(default_factory=dict)
     """Segment dimension ("region", "isp", "cdn") → value per report ("(none)" when absent)."""
+    host_frozen_s: NDArray[np.float64] | None = None
+    """Frozen seconds left out of ``stall_ratio`` as the probe host's own stalls (None: all zero)."""
 
     @property
     def n(self) -> int:
@@ -57,7 +61,13 @@ class ProbeTable:
             self.loss_pct[o],
             self.hd_share[o],
             {k: [v[i] for i in o] for k, v in self.dims.items()},
+            None if self.host_frozen_s is None else self.host_frozen_s[o],
         )
+
+    @property
+    def host_stall_sessions(self) -> int:
+        """Sessions with frozen time left out of ``stall_ratio`` as the probe host's own."""
+        return 0 if self.host_frozen_s is None else int((self.host_frozen_s > 0).sum())
 
 
 def empty_probes() -> ProbeTable:
@@ -87,7 +97,9 @@ def probes_from_duckdb(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
         )
         r = con.execute(
             f"""SELECT started_ms, duration_s, failure IS NOT NULL AS failed, ttff_ms, stall_ratio, loss_pct,
-                   hd_share, coalesce(region, '{UNKNOWN}') AS region, {labels}
+                   hd_share, coalesce(region, '{UNKNOWN}') AS region, {labels}, total_freezes_s,
+                   coalesce(TRY_CAST(json_extract(body, '$.summary.host_stalls.frozen_s_during') AS DOUBLE), 0)
+                     AS host_frozen_s
             FROM probe_reports WHERE started_ms >= {int(from_ms)} AND started_ms < {int(to_ms)}
             ORDER BY started_ms"""
         ).fetchnumpy()
@@ -98,16 +110,32 @@ def probes_from_duckdb(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
     dims = {"region": [str(x) for x in r["region"]]}
     for k in LABEL_KEYS:
         dims[k] = [str(x) for x in r[f"l_{k}"]]
+    stall_ratio, host_frozen_s = net_stall_ratio(_f64(r["stall_ratio"]), _f64(r["total_freezes_s"]),
+                                                 _f64(r["host_frozen_s"]))
     return ProbeTable(
         np.asarray(r["started_ms"], dtype=np.int64),
         _f64(r["duration_s"]),
         np.asarray(r["failed"], dtype=bool),
         _f64(r["ttff_ms"]),
-        _f64(r["stall_ratio"]),
+        stall_ratio,
         _f64(r["loss_pct"]),
         _f64(r["hd_share"]),
         dims,
+        host_frozen_s,
     )
+
+
+def net_stall_ratio(stall_ratio: NDArray[np.float64], frozen_s: NDArray[np.float64],
+                    host_frozen_s: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(stall ratio without the frozen time the probe's own host caused, the seconds left out).
+
+    stall ratio = frozen / watch, so the net ratio is ``stall_ratio · (frozen − host) / frozen``; a
+    report without ``host_stalls`` (an older probe) or without freezes keeps its ratio.
+    """
+    host = np.where(np.isnan(frozen_s) | np.isnan(host_frozen_s), 0.0, np.minimum(host_frozen_s, frozen_s))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keep = np.where(host > 0, (frozen_s - host) / frozen_s, 1.0)
+    return stall_ratio * keep, host
 
 
 def probe_end(path: Path, started_from_ms: int, started_before_ms: int) -> int | None:
@@ -151,9 +179,11 @@ def probes_from_ndjson(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
             video = s.get("video") or {}
             loss = [st.get("loss_pct") for st in s.get("streams", []) if st.get("kind") == "video"]
             labels = r.get("labels") or {}
+            host = s.get("host_stalls") or {}
             rows.append((started, r.get("duration_s"), r.get("failure") is not None, s["join"].get("ttff_ms"),
                          video.get("stall_ratio"), loss[0] if loss else None, video.get("hd_share"),
-                         r.get("region") or UNKNOWN, *(labels.get(k, UNKNOWN) for k in LABEL_KEYS)))
+                         r.get("region") or UNKNOWN, *(labels.get(k, UNKNOWN) for k in LABEL_KEYS),
+                         video.get("totalFreezesDuration"), host.get("frozen_s_during")))
     if not rows:
         return empty_probes()
     rows.sort(key=lambda row: row[0])
@@ -165,5 +195,7 @@ def probes_from_ndjson(path: Path, from_ms: int, to_ms: int) -> ProbeTable:
     dims = {"region": [str(x) for x in cols[7]]}
     for j, k in enumerate(LABEL_KEYS):
         dims[k] = [str(x) for x in cols[8 + j]]
-    return ProbeTable(np.array(cols[0], dtype=np.int64), f64(1), np.array(cols[2], dtype=bool), f64(3), f64(4),
-                      f64(5), f64(6), dims)
+    n_labels = len(LABEL_KEYS)
+    stall_ratio, host_frozen_s = net_stall_ratio(f64(4), f64(8 + n_labels), f64(9 + n_labels))
+    return ProbeTable(np.array(cols[0], dtype=np.int64), f64(1), np.array(cols[2], dtype=bool), f64(3), stall_ratio,
+                      f64(5), f64(6), dims, host_frozen_s)

@@ -61,6 +61,12 @@ def _probe_section(result: AnalysisResult) -> list[str]:
         f"<p>These numbers come from <b>synthetic probes</b> — {result.probe_reports} probe sessions run by "
         "streamqoe probes, not from viewers' beacons. They are shown beside the viewers' QoE, never mixed in.</p>"
     )
+    if result.probe_host_stall_sessions:
+        parts.append(
+            f"<p>{result.probe_host_stall_sessions} probe sessions froze while the probe's own process could not "
+            "run (a host stall, <code>summary.host_stalls</code>); that frozen time is left out of their stall "
+            "ratio.</p>"
+        )
     parts.append(f"<h3>Regressions seen by probes ({len(result.probe_incidents)})</h3>")
     if not result.probe_incidents:
         parts.append("<p>No segment's probes degraded beyond their peers and their own history.</p>")

@@ -361,12 +361,15 @@ class HostStalls(_Record):
     """The longest, ms (None if there were none)."""
     freezes_during: int
     """Freezes (counted in ``video.freezeCount``) whose interval overlaps a host stall."""
+    frozen_s_during: float = 0.0
+    """Their total duration, seconds (part of ``video.totalFreezesDuration``)."""
 
     def __post_init__(self) -> None:
         _int(self.count, "count", optional=False)
         _num(self.stalled_s, "stalled_s", optional=False, hi=86_400)
         _num(self.max_ms, "max_ms", hi=86_400_000)
         _int(self.freezes_during, "freezes_during", optional=False)
+        _num(self.frozen_s_during, "frozen_s_during", optional=False, hi=86_400)
 
 
 @dataclass(frozen=True)

@@ -415,10 +415,11 @@ class Session:
         its events' detail) and adds a ``host_stall`` event per stall."""
         stalls = [((s - self.t0) * 1000.0, (e - self.t0) * 1000.0)
                   for s, e in self.host_monitor.between(self.t0, self.t0 + end_ms / 1000.0)]
-        freezes_during = 0
+        freezes_during, frozen_ms_during = 0, 0.0
         for f in self.video.freezes.stalls:
             if f.kind == "freeze" and any(s < f.end_ms and e > f.start_ms for s, e in stalls):
                 freezes_during += 1
+                frozen_ms_during += f.duration_ms
                 for t, typ, detail in self.video.events:
                     if typ == "freeze_start" and t == f.start_ms / 1000.0:
                         detail["host_stall"] = True
@@ -427,7 +428,7 @@ class Session:
         inside = [min(e, end_ms) - max(s, 0.0) for s, e in stalls]
         return HostStalls(count=len(stalls), stalled_s=round(sum(inside) / 1000.0, 3),
                           max_ms=round(max(e - s for s, e in stalls), 1) if stalls else None,
-                          freezes_during=freezes_during)
+                          freezes_during=freezes_during, frozen_s_during=round(frozen_ms_during / 1000.0, 3))
 
     def _unavailable(self) -> tuple[str, ...]:
         out = ["rtt_ms"]  # a receive-only aiortc peer gets no RTT from RTCP (only the sender computes it)

@@ -15,7 +15,7 @@ from analysis import cli
 from analysis.audience import AudienceConfig, IncidentSpec, generate
 from analysis.export import write_duckdb
 from analysis.probe_qoe import consistent, detect_probe_incidents, fisher_greater, probe_series
-from analysis.probe_reports import ProbeTable, empty_probes
+from analysis.probe_reports import ProbeTable, empty_probes, net_stall_ratio, probes_from_duckdb
 from collector.schema import DDL
 
 T0 = 1_790_000_040_000 - 1_790_000_040_000 % 60_000
@@ -193,8 +193,52 @@ def test_cli_without_probe_reports(tmp_path: Path) -> None:
     assert rep["probes"] == {
         "source": "synthetic probes (streamqoe probe sessions run by us), not viewers' beacons",
         "reports": 0,
+        "host_stall_sessions": 0,
         "series": {},
         "incidents": [],
     }
     assert all(i["corroborated_by"] == [] for i in rep["incidents"])  # type: ignore[union-attr]
     assert "No probe reports in this window" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_net_stall_ratio_leaves_out_what_the_probe_host_froze() -> None:
+    ratio = np.array([0.3, 0.3, 0.3, np.nan, 0.0, 0.3])
+    frozen = np.array([2.4, 2.4, 2.4, np.nan, 0.0, 2.4])
+    host = np.array([2.4, 1.2, np.nan, 0.5, 0.0, 9.0])  # 9 s: more than froze, clipped to 2.4
+    net, left_out = net_stall_ratio(ratio, frozen, host)
+    np.testing.assert_allclose(net, [0.0, 0.15, 0.3, np.nan, 0.0, 0.0])
+    np.testing.assert_allclose(left_out, [2.4, 1.2, 0.0, 0.0, 0.0, 2.4])
+
+
+@pytest.mark.parametrize("host_stalled", [False, True], ids=["stream-froze", "probe-host-froze"])
+def test_freezes_the_probe_host_caused_raise_no_probe_incident(tmp_path: Path, host_stalled: bool) -> None:
+    """ap's probes freeze 30 % of minutes 2–4. Through the collector's schema: as the stream's doing, a
+    probe incident; inside the probe's own host stalls (the report says so), none."""
+    db = tmp_path / "p.duckdb"
+    con = duckdb.connect(str(db))
+    for stmt in DDL:
+        con.execute(stmt)
+    for k in range(6 * 6):
+        t = T0 + k * 10_000
+        for j, region in enumerate(REGIONS):
+            frozen = 2.4 if region == "ap" and 2 <= k // 6 < 5 else 0.0
+            body = {"summary": {"host_stalls": {"count": 3, "stalled_s": frozen, "max_ms": 900.0,
+                                                "freezes_during": 3, "frozen_s_during": frozen}}}
+            con.execute(
+                """INSERT INTO probe_reports (report_id, probe_id, probe_version, region, target_url, signaling,
+                started_ms, duration_s, labels, mode, ttff_ms, stall_ratio, total_freezes_s, loss_pct, hd_share,
+                body, received_ms) VALUES (?, ?, '1', ?, 'http://x/whep/live', 'whep', ?, 8.0, '{}', 'decode',
+                300.0, ?, ?, 0.0, 1.0, ?, ?)""",
+                [f"r{k}-{j}", f"p-{region}", region, t + 300 * j, frozen / 8.0, frozen,
+                 json.dumps(body if host_stalled else {}), t + 9000],
+            )
+    con.close()
+    p = probes_from_duckdb(db, T0, T0 + 6 * 60_000)
+    assert p.n == 6 * 6 * 3
+    incs = detect_probe_incidents(p, T0, 6)
+    if host_stalled:
+        assert incs == [] and p.host_stall_sessions == 18
+        assert np.nanmax(p.stall_ratio) == 0.0
+    else:
+        [inc] = incs
+        assert inc.segment == {"region": "ap"} and "stalled" in inc.detected_by and p.host_stall_sessions == 0

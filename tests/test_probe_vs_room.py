@@ -122,6 +122,8 @@ async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flag
     # the room could not send either, so the viewer froze; the freeze is counted and flagged as the host's
     flagged = [e for e in report.events if e.type == "freeze_start" and e.detail.get("host_stall")]
     assert v.freezeCount >= 1 and hs.freezes_during == len(flagged) >= 1
+    assert hs.frozen_s_during == pytest.approx(sum(float(e.detail["duration_ms"]) for e in flagged) / 1000, abs=0.002)
+    assert 0.38 <= hs.frozen_s_during <= v.totalFreezesDuration
 
 
 async def test_ttff_is_consistent_with_the_rooms_first_frame() -> None:
