@@ -6,6 +6,7 @@ them and docs/prometheus/alerts.yml uses them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from collector.metrics import Counter, Gauge, Histogram, Registry
@@ -41,6 +42,14 @@ class CollectorMetrics:
             Gauge(
                 "streamqoe_probe_hd_share_ratio",
                 "Share of watch time at height >= 720 of the newest probe report.",
+                _PROBE,
+            )
+        )
+        self.host_stalled = r.add(
+            Gauge(
+                "streamqoe_probe_host_stalled_ratio",
+                "Share of the newest probe report's session in which the probe's own process could not run "
+                "(host stalls: its freezes may be the probe's doing).",
                 _PROBE,
             )
         )
@@ -152,3 +161,19 @@ class CollectorMetrics:
                 gauge.remove(key)
             else:
                 gauge.set(key, v * scale)
+        stalled_s = _host_stalled_s(row)
+        if stalled_s is None or not row["duration_s"]:
+            self.host_stalled.remove(key)
+        else:
+            self.host_stalled.set(key, min(1.0, stalled_s / row["duration_s"]))
+
+
+def _host_stalled_s(row: dict[str, Any]) -> float | None:
+    """``summary.host_stalls.stalled_s`` of a report row: its own column when the store gives one,
+    else read from the stored body; None from a probe that did not measure it."""
+    if "host_stalled_s" in row:
+        v = row["host_stalled_s"]
+    else:
+        host = (json.loads(row["body"]).get("summary") or {}).get("host_stalls") or {}
+        v = host.get("stalled_s")
+    return None if v is None else float(v)

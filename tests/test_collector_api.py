@@ -512,11 +512,19 @@ async def test_metrics_exposition(client: Any) -> None:
 async def test_metrics_survive_restart(aiohttp_client: Any, tmp_path: Path) -> None:
     db = str(tmp_path / "m.duckdb")
     c1 = await aiohttp_client(create_app(config(db)))
-    await c1.post("/v1/reports", json=report("eu-west", ttff_ms=1234.0), headers=auth(PROBE_EU))
+    body = report("eu-west", ttff_ms=1234.0)
+    body["duration_s"] = 4.0
+    body["summary"]["host_stalls"] = {"count": 2, "stalled_s": 1.0, "max_ms": 900.0,
+                                      "freezes_during": 1, "frozen_s_during": 0.5}
+    await c1.post("/v1/reports", json=body, headers=auth(PROBE_EU))
+    before = await (await c1.get("/metrics", headers=auth(READER))).text()
     await c1.close()
     c2 = await aiohttp_client(create_app(config(db)))
     text = await (await c2.get("/metrics", headers=auth(READER))).text()
-    assert 'streamqoe_probe_ttff_seconds{region="eu-west",target="http://room/whep/main"} 1.234' in text
+    for t in (before, text):
+        assert 'streamqoe_probe_ttff_seconds{region="eu-west",target="http://room/whep/main"} 1.234' in t
+        # the probe could not run a quarter of its session: from the report at ingest, from the store after
+        assert 'streamqoe_probe_host_stalled_ratio{region="eu-west",target="http://room/whep/main"} 0.25' in t
 
 
 async def test_not_found_and_method_are_json(client: Any) -> None:
