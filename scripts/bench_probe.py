@@ -5,7 +5,8 @@ Starts the room (`streamqoe room`, 1280x720@30 VP8 1500 kbps) as its own process
 probes (decode and --no-decode) in worker processes against it, and prints a table:
 CPU % per probe (CPU-seconds / wall-second of the probe workers ÷ probes), fps, freezes (every freeze
 is a false freeze: the room freezes nothing in this scenario; `freezes_in_host_stalls` counts those that
-overlap a stall of the probe's own process), and the room's CPU % while serving.
+overlap a stall of the probe's own process, `freezes_room_late` those, of the rest, inside a time the room's
+encoder ran late: real freezes of a starved room), and the room's CPU % while serving.
 Reference measured in the same run: one headless Chromium viewer's CPU (whole process group) on the
 same stream, when Chromium and scripts/reference_viewer are available.
 
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from probe.load import run_fleet  # noqa: E402
+from room.truth import classify_freezes  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -97,6 +99,7 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
         "cpu_steady": summary["cpu_pct_per_probe_steady"], "fps_mean": summary["fps_mean"],
         "false_freezes": summary["freezes_total"], "probes_with_freezes": summary["probes_with_freezes"],
         "freezes_in_host_stalls": summary["freezes_during_host_stalls"],
+        "freezes_room_late": sum(len(classify_freezes(r, after)["room_late"]) for r in summary["reports"]),
         "host_stall_s_max": summary["host_stall_s_max"],
         "ttff_p50_ms": summary["ttff_p50_ms"], "loss_pct": summary["loss_pct_mean"],
         "room_cpu_pct": round(100 * room_cpu, 1), "room_ticks_skipped": skipped,
@@ -204,7 +207,8 @@ def main() -> int:
         room.terminate()
         room.wait(10)
     cols = ["mode", "receive", "probes", "processes", "joined", "cpu_pct_per_probe", "cpu_steady", "fps_mean",
-            "false_freezes", "probes_with_freezes", "freezes_in_host_stalls", "host_stall_s_max", "ttff_p50_ms",
+            "false_freezes", "probes_with_freezes", "freezes_in_host_stalls", "freezes_room_late", "host_stall_s_max",
+            "ttff_p50_ms",
             "loss_pct", "room_cpu_pct", "room_ticks_skipped",
             "room_keyframes", "pli_received", "load_1m"]
     print("| " + " | ".join(cols) + " |")

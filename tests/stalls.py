@@ -78,22 +78,3 @@ def room_truth(whep_url: str) -> dict[str, Any]:
         truth: dict[str, Any] = json.loads(resp.read())
     return truth
 
-
-def freezes_unexplained(report: dict[str, Any], truth: dict[str, Any]) -> list[dict[str, Any]]:
-    """``freeze_start`` events of a report (wire JSON) that neither the probe's own host-stall flag
-    (``host_stall`` in the detail: its process could not run) nor a late tick of the room explains.
-
-    For probe and room in separate processes, where this test cannot watch the probe's event loop."""
-    from datetime import datetime
-
-    t0 = datetime.fromisoformat(report["started_at"].replace("Z", "+00:00")).timestamp() * 1000.0
-    late = [(s, e) for enc in truth["encoders"].values() for s, e in enc["late"]]
-    out = []
-    for e in report["events"]:
-        if e["type"] != "freeze_start" or e["detail"].get("host_stall"):
-            continue
-        start = t0 + e["t_s"] * 1000.0
-        end = start + float(e["detail"]["duration_ms"])
-        if not any(s < end + 50.0 and f > start - 50.0 for s, f in late):
-            out.append(e)
-    return out

@@ -25,7 +25,8 @@ from probe.tap import FrameDecoder
 from room.config import Rendition
 from room.encoder import VIDEO_TIME_BASE, open_video_codec
 from room.pattern import TestPattern
-from tests.stalls import freezes_unexplained, room_truth
+from room.truth import classify_freezes
+from tests.stalls import room_truth
 from tests.test_probe_cli import room_process, streamqoe
 
 FRAMES = 150
@@ -110,4 +111,5 @@ def test_probe_cli_no_loop_filter_reports_its_mode_and_full_measurements(room_ur
     assert video["marker_frames"] >= video["framesDecoded"] - 1, video
     assert video["latency_p50_ms"] is not None and 0 < video["latency_p50_ms"] < 1000, video
     # no freeze the room did not cause by running late, nor one inside a stall of the probe's own process
-    assert freezes_unexplained(report, room_truth(room_url)) == [], (video, report["summary"]["host_stalls"])
+    freezes = classify_freezes(report, room_truth(room_url))
+    assert freezes["unexplained"] == [], (video, report["summary"]["host_stalls"])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stalls import freezes_unexplained, room_truth
+from room.truth import classify_freezes
+from tests.stalls import room_truth
 from tests.test_probe_cli import room_process, streamqoe
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def test_load_runs_a_fleet_over_processes_and_summarises_it(room_url: str, tmp_p
     assert {r["summary"]["mode"] for r in reports} == {"decode-no-loop-filter"}
     # a clean room: every probe decodes about 30 fps and reads its marker; nothing froze
     truth = room_truth(room_url)
-    unexplained = [e for r in reports for e in freezes_unexplained(r, truth)]
+    unexplained = [e for r in reports for e in classify_freezes(r, truth)["unexplained"]]
     assert unexplained == [], (summary["freezes_total"], summary["freezes_during_host_stalls"])
     assert 20 <= summary["fps_mean"] <= 31, summary["fps_mean"]
     assert all(r["summary"]["video"]["latency_p50_ms"] is not None for r in reports)

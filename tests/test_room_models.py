@@ -337,3 +337,20 @@ def test_content_freeze_holds_the_first_picture_of_its_window() -> None:
     (cf,) = enc.content_freezes
     assert (cf.marker_seq, cf.start_ms, cf.end_ms) == (3, 1_000_300, 1_000_600)
     assert (cf.scheduled_start_ms, cf.scheduled_end_ms) == (1_000_250, 1_000_550)
+
+
+def test_classify_freezes_by_what_explains_them() -> None:
+    from room.truth import classify_freezes
+
+    # t0 = 1_000_000 ms on the wall clock; the room's encoder ran late from 1_002_000 to 1_002_300
+    report = {"started_at": "1970-01-01T00:16:40.000Z", "events": [
+        {"t_s": 1.0, "type": "freeze_start", "detail": {"duration_ms": 400.0, "host_stall": True}},
+        {"t_s": 1.9, "type": "freeze_start", "detail": {"duration_ms": 300.0}},  # overlaps the late tick
+        {"t_s": 2.36, "type": "freeze_start", "detail": {"duration_ms": 300.0}},  # starts 60 ms after it
+        {"t_s": 2.36, "type": "freeze_end", "detail": {"duration_ms": 300.0}},
+    ]}
+    truth = {"encoders": {"720p": {"late": [[1_002_000.0, 1_002_300.0]]}, "audio": {}}}
+    got = classify_freezes(report, truth)
+    assert [e["t_s"] for e in got["host_stall"]] == [1.0]
+    assert [e["t_s"] for e in got["room_late"]] == [1.9]
+    assert [e["t_s"] for e in got["unexplained"]] == [2.36]
