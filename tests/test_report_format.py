@@ -87,3 +87,12 @@ def test_unknown_schema_version_is_explained() -> None:
 def test_failure_codes() -> None:
     assert is_failure_code("whep_http_404") and is_failure_code("ice_timeout")
     assert not is_failure_code("whep_http_99") and not is_failure_code("random")
+
+
+def test_human_summary_warns_when_the_probe_itself_stalled() -> None:
+    from probe.humanize import summary_text
+
+    stalled = summary_text(Report.from_dict(load("report_nodecode.json")))  # one host stall of 134 ms
+    assert "WARNING this probe's own process could not run 0.13 s (1 stalls, longest 134 ms)" in stalled
+    clean = summary_text(Report.from_dict(load("report_ok.json")))
+    assert "TTFF" in clean and "WARNING" not in clean
