@@ -288,9 +288,10 @@ class Session:
         if pc is not None:
             with contextlib.suppress(Exception):
                 await pc.close()
-        report = self._report(end_ms)
-        self.host_monitor.release()
-        return report
+        try:
+            return self._report(end_ms)
+        finally:
+            self.host_monitor.release()
 
     async def _watch_until_end(self) -> None:
         """Sleep until t0 + duration, or until the adapter reports the server lost the session."""
