@@ -71,6 +71,7 @@ def _load(port: int, seconds: float, connections: int, batch: int, rate: float, 
         # "@@-{i}" occurs once per event: replace all with a per-batch prefix
         text = b"@@".join(pieces)
         latencies: list[float] = []
+        starts: list[float] = []  # wall clock (shared with the checkpoint watcher) of each acked batch's start
         acked = 0
         errors = 0
         url = f"http://127.0.0.1:{port}/v1/events"
@@ -85,7 +86,9 @@ def _load(port: int, seconds: float, connections: int, batch: int, rate: float, 
                     reply = await r.json()
                 if r.status == 200:
                     acked += reply["new"]
-                    latencies.append(time.perf_counter() - t0)
+                    latency = time.perf_counter() - t0
+                    latencies.append(latency)
+                    starts.append(time.time() - latency)
                 else:
                     errors += 1
 
@@ -118,7 +121,7 @@ def _load(port: int, seconds: float, connections: int, batch: int, rate: float, 
             else:
                 await asyncio.gather(*(worker(w) for w in range(connections)))
             elapsed = time.monotonic() - t_start
-        out.put({"acked": acked, "errors": errors, "elapsed": elapsed, "latencies": latencies,
+        out.put({"acked": acked, "errors": errors, "elapsed": elapsed, "latencies": latencies, "starts": starts,
                  "client_cpu": time.process_time() - cpu0})  # fmt: skip
 
     asyncio.run(main())
@@ -184,6 +187,7 @@ class WalWatcher:
         self._interval_s = interval_s
         self._done = threading.Event()
         self.checkpoints = 0
+        self.times: list[float] = []  # wall clock of each checkpoint's end (the WAL truncated)
         self.largest_bytes = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -200,12 +204,30 @@ class WalWatcher:
             size = self._size()
             if size < last:
                 self.checkpoints += 1
+                self.times.append(time.time())
             self.largest_bytes = max(self.largest_bytes, size)
             last = size
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+
+
+CKPT_BEFORE_S = 0.6
+"""A checkpoint is seen when it ends (the WAL truncates); the longest take ~0.5 s."""
+CKPT_AFTER_S = 0.3
+"""The backlog a checkpoint leaves takes a while to drain."""
+
+
+def _near_checkpoints(starts: list[float], latencies: list[float],
+                      ends: list[float]) -> tuple[list[float], list[float]]:
+    """Latencies of batches in flight around a checkpoint, and of the others (wall-clock seconds)."""
+    near: list[float] = []
+    away: list[float] = []
+    for t, lat in zip(starts, latencies, strict=True):
+        hit = any(t < e + CKPT_AFTER_S and t + lat > e - CKPT_BEFORE_S for e in ends)
+        (near if hit else away).append(lat)
+    return near, away
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -330,6 +352,14 @@ def main() -> int:
             f"longest ≤ {longest:g} s; "
             f"writer committed to staging for {series('streamqoe_store_diverted_seconds_sum') or 0:.2f} s; "
             f"{series('streamqoe_store_moved_rows_total') or 0:,.0f} rows moved"
+        )
+    if wal.times:
+        near, away = _near_checkpoints(res["starts"], lat, wal.times)
+        print(
+            f"\nack latency around checkpoints (a batch in flight from {CKPT_BEFORE_S} s before a checkpoint's end "
+            f"to {CKPT_AFTER_S} s after): {len(near):,} batches ({100 * len(near) / max(1, len(lat)):.1f} %), "
+            f"p50 {_pct(near, 0.5) * 1000:.1f} ms, p99 {_pct(near, 0.99) * 1000:.1f} ms; the other {len(away):,}: "
+            f"p50 {_pct(away, 0.5) * 1000:.1f} ms, p99 {_pct(away, 0.99) * 1000:.1f} ms"
         )
     if export:
         print(
