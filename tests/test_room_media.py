@@ -212,25 +212,29 @@ async def test_random_loss_end_to_end(session: aiohttp.ClientSession, fast_send:
 async def test_scheduled_freeze_is_a_gap_of_that_length(session: aiohttp.ClientSession) -> None:
     rule = Rule(at_ms=1500, duration_ms=800, freeze=True)
     config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=(rule,), audio=AudioConfig()),))
-    async with RoomServer(config) as server:
+    async with RoomServer(config) as server, LoopStalls() as stalls:
         viewer = WhepViewer(server.whep_url("test"))
         await viewer.join(session)
         await asyncio.sleep(3.5)
         await viewer.leave(session)
         truth = server.rooms["test"].truth()
+    stalls.add_room_truth(truth)
 
     (v,) = truth["viewers"]
     (freeze,) = v["freezes"]
     assert freeze["scheduled_end_ms"] - freeze["scheduled_start_ms"] == pytest.approx(800, abs=60)
     assert freeze["scheduled_start_ms"] - v["joined_ms"] == pytest.approx(1500, abs=60)
-    assert 760 <= freeze["duration_ms"] <= 1000
+    assert freeze["duration_ms"] >= 760
     gap_s, after = max_gap(viewer.frames)
-    assert gap_s * 1000 == pytest.approx(freeze["duration_ms"], abs=100)
+    # how long the gap lasted is timing: exact when this process (room and viewer) did not stall then
+    if not stalls.overlaps(freeze["scheduled_start_ms"] - 300, freeze["scheduled_end_ms"] + 300):
+        assert freeze["duration_ms"] <= 1000
+        assert gap_s * 1000 == pytest.approx(freeze["duration_ms"], abs=100)
+        assert after.wall_ms == pytest.approx(freeze["end_ms"], abs=300)
     # aiortc's jitter buffer releases a frame only when the next one starts arriving, so the last
     # frames before the freeze come out together with the resume keyframe, right after the gap
     i = viewer.frames.index(after)
     assert freeze["resume_marker_seq"] in seqs(viewer.frames[i : i + 5])
-    assert after.wall_ms == pytest.approx(freeze["end_ms"], abs=300)
     assert v["keyframes_sent"] >= 2  # resumed at a keyframe
     assert v["audio"]["packets_sent"] > 120  # audio kept flowing (about 3.5 s × 50/s)
 
