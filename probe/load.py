@@ -186,4 +186,22 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     brief = {k: v for k, v in summary.items() if k != "reports"}
     print(json.dumps(brief, indent=1))
+    warning = overload_warning(summary, args.duration)
+    if warning:
+        print(f"streamqoe load: {warning}", file=sys.stderr)
     return 0 if summary["joined"] == args.probes else 1
+
+
+OVERLOADED_SHARE = 0.05
+"""A fleet whose busiest probe could not run this share of its session measured its own host."""
+
+
+def overload_warning(summary: dict[str, Any], duration_s: float) -> str | None:
+    """A warning when the fleet's own processes stalled enough to distort what it measured, else None."""
+    worst = summary.get("host_stall_s_max")
+    if worst is None or duration_s <= 0 or worst < OVERLOADED_SHARE * duration_s:
+        return None
+    return (f"WARNING: a probe's process could not run for {worst:.1f} s of its {duration_s:g} s session "
+            f"({summary['freezes_during_host_stalls']} freezes fell inside such stalls). This host is too small "
+            "for this fleet: use fewer probes per process (--processes) or per host, or --no-decode; its TTFF, "
+            "freezes and latency measure the host, not the stream.")

@@ -51,3 +51,14 @@ def test_load_refuses_an_empty_fleet_and_contradictory_modes(room_url: str) -> N
     done = subprocess.run(streamqoe("load", room_url, "--no-decode", "--no-loop-filter"),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "cannot go with --no-decode" in done.stderr
+
+
+def test_overload_warning_names_the_host_not_the_stream() -> None:
+    from probe.load import overload_warning
+
+    quiet = {"host_stall_s_max": 0.3, "freezes_during_host_stalls": 0}
+    assert overload_warning(quiet, 20.0) is None  # 1.5 % of the session: scheduling noise
+    assert overload_warning({"host_stall_s_max": None}, 20.0) is None  # no probe joined
+    busy = {"host_stall_s_max": 8.7, "freezes_during_host_stalls": 11}
+    warning = overload_warning(busy, 20.0)
+    assert warning is not None and "8.7 s of its 20 s session" in warning and "11 freezes" in warning
