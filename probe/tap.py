@@ -178,8 +178,18 @@ class FrameDecoder:
                 self._error.set()  # aiortc's receiver turns this into a PLI
                 continue
             for frame in frames:
-                self._loop.call_soon_threadsafe(self._output.put_nowait, frame)
-        self._loop.call_soon_threadsafe(self._output.put_nowait, None)  # the track ends
+                if not self._deliver(frame):
+                    return
+        self._deliver(None)  # the track ends
+
+    def _deliver(self, frame: Any) -> bool:
+        """Hand ``frame`` to the event loop; False once the loop is closed (an overloaded probe can still be
+        decoding its backlog when its session, and its process's loop, have ended)."""
+        try:
+            self._loop.call_soon_threadsafe(self._output.put_nowait, frame)
+        except RuntimeError:  # "Event loop is closed"
+            return False
+        return True
 
 
 class _TapQueue(queue.Queue[Any]):

@@ -68,6 +68,25 @@ async def _decode_all(packets: list[bytes], *, skip_loop_filter: bool) -> list[n
     return planes
 
 
+def test_a_decoder_still_busy_when_its_loop_closes_ends_quietly(vp8_stream: list[bytes]) -> None:
+    """An overloaded fleet worker's session can end, and its loop close, while the decoder thread is still
+    decoding its backlog: the thread must stop without an exception (it printed a traceback)."""
+    loop = asyncio.new_event_loop()
+    loop.close()
+    errors: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: errors.append(args.exc_value)
+    try:
+        decoder = FrameDecoder(loop, asyncio.Queue(), threading.Event())
+        for i, data in enumerate(vp8_stream[:5]):
+            decoder.submit("VP8", data, i * 3000)
+        decoder.stop()
+        decoder._thread.join(10)
+        assert not decoder._thread.is_alive()
+    finally:
+        threading.excepthook = hook
+    assert errors == []
+
+
 def _psnr(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
