@@ -54,6 +54,9 @@ def test_batch_is_a_list() -> None:
         (("labels",), {"Bad Key": "x"}, "labels"),
         (("timeline", 0, "frames"), 1.5, "timeline[0].frames"),
         (("events", 0, "type"), "explosion", "events[0].type"),
+        (("summary", "host_stalls", "count"), -1, "summary.host_stalls.count"),
+        (("summary", "host_stalls", "frozen_s_during"), "0", "summary.host_stalls.frozen_s_during"),
+        (("summary", "host_stalls", "max_ms"), float("inf"), "summary.host_stalls.max_ms"),
     ],
 )
 def test_bad_field_is_named(path: tuple[Any, ...], value: Any, needle: str) -> None:
