@@ -383,7 +383,9 @@ class Summary(_Record):
     audio: AudioSummary | None = None
     streams: tuple[StreamStats, ...] = ()
     rtt_ms: float | None = None
-    """Round-trip time from RTCP (SR/RR) when the transport gives it."""
+    """Round-trip time, ms: the median of the session's ICE consent checks (STUN binding request → response
+    on the nominated pair, RFC 7675; W3C ``currentRoundTripTime``), None before the first (4–6 s after ICE
+    connects)."""
     unavailable: tuple[str, ...] = ()
     """Metrics this mode cannot give (e.g. ``framesDecoded`` in no-decode mode)."""
     host_stalls: HostStalls | None = None

@@ -41,6 +41,7 @@ from probe.report import (
     VideoSummary,
 )
 from probe.rtpstats import StreamCounter
+from probe.rtt import StunRtt
 from probe.signaling import SignalingError, adapter_for_url
 from probe.signaling.base import Signaling
 from probe.tap import ReceiverTap, UndecodedFrame
@@ -141,6 +142,7 @@ class Session:
         self.failure_message: str | None = None
         self.rcvbuf_bytes: int | None = None
         self.direct_receive: fastrecv.DirectReceive | None = None
+        self.rtt = StunRtt(clock)
         self._ice_state = asyncio.Event()
         self._dtls_state = asyncio.Event()
         self._first_rtp = asyncio.Event()
@@ -267,6 +269,7 @@ class Session:
             tasks.append(asyncio.ensure_future(self._tick()))
             with host_addresses(self._ice_addresses):  # gathering starts inside the join
                 await self._join(pc)
+            self.rtt.install(pc)  # consent checks start 4-6 s after ICE connects
             if self.failure is None:
                 tasks.append(asyncio.ensure_future(self._consume_video()))
                 await self._wait_connected_and_media()
@@ -390,8 +393,8 @@ class Session:
             if self.audio.frames else None,
             streams=tuple(self._stream_stats(c, end_ms) for c in sorted(self.counters.values(),
                                                                         key=lambda c: (c.kind != "video", c.ssrc))),
-            rtt_ms=None,
-            unavailable=self._unavailable(),
+            rtt_ms=self.rtt.median_ms(self.t0, self.t0 + end_ms / 1000.0),
+            unavailable=self._unavailable(end_ms),
             host_stalls=self._host_stalls(end_ms),
         )
         events = sorted(self.events + self.video.events, key=lambda e: e[0])
@@ -431,8 +434,10 @@ class Session:
                           max_ms=round(max(e - s for s, e in stalls), 1) if stalls else None,
                           freezes_during=freezes_during, frozen_s_during=round(frozen_ms_during / 1000.0, 3))
 
-    def _unavailable(self) -> tuple[str, ...]:
-        out = ["rtt_ms"]  # a receive-only aiortc peer gets no RTT from RTCP (only the sender computes it)
+    def _unavailable(self, end_ms: float) -> tuple[str, ...]:
+        out = []
+        if self.rtt.median_ms(self.t0, self.t0 + end_ms / 1000.0) is None:
+            out.append("rtt_ms")  # no consent check answered yet (the first comes 4-6 s after ICE connects)
         if not self.opts.decode:
             out += ["framesDecoded", "latency_p50_ms", "latency_p95_ms", "marker_repeated_frames",
                     "marker_skipped_frames", "marker_freeze_count", "marker_frozen_s"]

@@ -4,7 +4,8 @@ Installed by replacing one viewer's ``RTCDtlsTransport._send_rtp`` (the last sto
 loss, caps and delay hit every RTP packet the RTCRtpSenders produce, retransmissions (RTX) included.
 RTCP passes untouched. Per packet, in order: random loss, burst loss (both drawn for every packet so
 each model's state advances per packet), bandwidth cap (token bucket, tail drop beyond its queue),
-delay + jitter (order kept). Packets due now go straight out; the others wait in a delay line.
+delay + jitter (order kept). Packets due now go straight out; the others wait in a delay line. STUN
+messages (ICE checks and consent) get the added delay too, so a viewer's RTT sees it.
 
 Two entries, same impairments and the same truth accounting: ``send`` (the coroutine that replaces
 ``_send_rtp``: RTCP, RTX, and every packet when the direct path is off) and ``send_direct`` (a whole
@@ -111,9 +112,35 @@ class SendPath:
         self.truth.ssrcs = {"video": video, "rtx": rtx, "audio": audio}
 
     def install(self, dtls: Any) -> None:
-        """Route ``dtls._send_rtp`` (an aiortc RTCDtlsTransport) through this send path."""
+        """Route ``dtls._send_rtp`` (an aiortc RTCDtlsTransport) through this send path, and delay the STUN
+        messages of its ICE connection (``install_stun``)."""
         # a partial, not a wrapper coroutine: one coroutine per packet instead of two
         dtls._send_rtp = functools.partial(self.send, dtls._send_rtp)
+        with contextlib.suppress(AttributeError):  # aioice internals moved: STUN stays undelayed
+            self.install_stun(dtls.transport._connection)
+
+    def install_stun(self, connection: Any) -> None:
+        """Hold every STUN message this viewer's ICE connection (aioice) sends for the added delay in force
+        (``delay_ms``; jitter, loss and caps apply to RTP only): the viewer's ICE checks, and so the
+        round-trip time it measures from them (probe ``rtt_ms``), see the scheduled delay as its media does."""
+        loop = asyncio.get_running_loop()
+        for protocol in connection._protocols:
+            send = protocol.send_stun
+
+            def send_later(message: Any, addr: Any, send: Callable[[Any, Any], None] = send) -> None:
+                if not self._closed:
+                    with contextlib.suppress(Exception):  # the connection closed meanwhile
+                        send(message, addr)
+
+            def send_stun(message: Any, addr: Any, send: Callable[[Any, Any], None] = send,
+                          send_later: Callable[[Any, Any], None] = send_later) -> None:
+                delay_ms = self.settings.delay_ms
+                if delay_ms > 0:
+                    loop.call_later(delay_ms / 1000.0, send_later, message, addr)
+                else:
+                    send(message, addr)
+
+            protocol.send_stun = send_stun
 
     def apply(self, settings: Settings) -> None:
         """Put ``settings`` in force (a model is rebuilt, fresh, only when its parameters change)."""

@@ -126,6 +126,22 @@ async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flag
     assert 0.38 <= hs.frozen_s_during <= v.totalFreezesDuration
 
 
+@pytest.mark.parametrize("delay_ms", [0, 80])
+async def test_rtt_from_consent_checks_includes_the_rooms_added_delay(delay_ms: int) -> None:
+    impairments = [{"delay_ms": delay_ms}] if delay_ms else []
+    report, truth = await probe_room({"rooms": [small("rtt")], "impairments": impairments}, duration_s=8)
+    rtt = report.summary.rtt_ms
+    # the first consent check goes 4-6 s after ICE connects: an 8 s session has at least one
+    assert rtt is not None and "rtt_ms" not in report.summary.unavailable
+    # loopback answers in well under a ms; the room holds its STUN replies for the added delay
+    assert delay_ms <= rtt <= delay_ms + 30, (rtt, truth.get("settings"))
+
+
+async def test_no_rtt_before_the_first_consent_check() -> None:
+    report, _ = await probe_room({"rooms": [small("nortt")]}, duration_s=3)
+    assert report.summary.rtt_ms is None and "rtt_ms" in report.summary.unavailable
+
+
 async def test_ttff_is_consistent_with_the_rooms_first_frame() -> None:
     report, truth = await probe_room({"rooms": [small("ttff")]}, duration_s=3)
     j = report.summary.join
