@@ -29,6 +29,8 @@ def summary_text(r: Report) -> str:
         if v.latency_p50_ms is not None:
             lines.append(f"  marker  latency p50 {_ms(v.latency_p50_ms)} p95 {_ms(v.latency_p95_ms)} "
                          f"({v.latency_clock})  repeated {v.marker_repeated_frames}  skipped {v.marker_skipped_frames}")
+    if s.rtt_ms is not None:
+        lines.append(f"  rtt     {s.rtt_ms:.1f} ms (ICE consent checks)")
     for st in s.streams:
         loss = "-" if st.loss_pct is None else f"{st.loss_pct:.2f}%"
         res = "-" if st.residual_loss_pct is None else f"{st.residual_loss_pct:.2f}%"
