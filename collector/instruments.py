@@ -45,6 +45,13 @@ class CollectorMetrics:
                 _PROBE,
             )
         )
+        self.rtt = r.add(
+            Gauge(
+                "streamqoe_probe_rtt_seconds",
+                "Round-trip time (ICE consent checks, median) of the newest probe report per region and target.",
+                _PROBE,
+            )
+        )
         self.host_stalled = r.add(
             Gauge(
                 "streamqoe_probe_host_stalled_ratio",
@@ -155,6 +162,7 @@ class CollectorMetrics:
             (self.stall_ratio, "stall_ratio", 1.0),
             (self.loss, "loss_pct", 1e-2),
             (self.hd_share, "hd_share", 1.0),
+            (self.rtt, "rtt_ms", 1e-3),
         ):
             v = row[col]
             if v is None:  # not measured: no sample rather than a made-up 0

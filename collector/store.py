@@ -614,7 +614,7 @@ class Store:
         return self.query(
             """
             SELECT region, target_url, started_ms, duration_s, failure,
-                   ttff_ms, stall_ratio, loss_pct, hd_share,
+                   ttff_ms, stall_ratio, loss_pct, hd_share, rtt_ms,
                    TRY_CAST(json_extract(body, '$.summary.host_stalls.stalled_s') AS DOUBLE) AS host_stalled_s
             FROM probe_reports
             QUALIFY row_number() OVER (PARTITION BY region, target_url ORDER BY started_ms DESC) = 1

@@ -514,6 +514,8 @@ async def test_metrics_survive_restart(aiohttp_client: Any, tmp_path: Path) -> N
     c1 = await aiohttp_client(create_app(config(db)))
     body = report("eu-west", ttff_ms=1234.0)
     body["duration_s"] = 4.0
+    body["summary"]["rtt_ms"] = 42.0
+    body["summary"]["unavailable"] = [u for u in body["summary"]["unavailable"] if u != "rtt_ms"]
     body["summary"]["host_stalls"] = {"count": 2, "stalled_s": 1.0, "max_ms": 900.0,
                                       "freezes_during": 1, "frozen_s_during": 0.5}
     await c1.post("/v1/reports", json=body, headers=auth(PROBE_EU))
@@ -525,6 +527,7 @@ async def test_metrics_survive_restart(aiohttp_client: Any, tmp_path: Path) -> N
         assert 'streamqoe_probe_ttff_seconds{region="eu-west",target="http://room/whep/main"} 1.234' in t
         # the probe could not run a quarter of its session: from the report at ingest, from the store after
         assert 'streamqoe_probe_host_stalled_ratio{region="eu-west",target="http://room/whep/main"} 0.25' in t
+        assert 'streamqoe_probe_rtt_seconds{region="eu-west",target="http://room/whep/main"} 0.042' in t
 
 
 async def test_not_found_and_method_are_json(client: Any) -> None:
