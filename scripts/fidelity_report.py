@@ -52,6 +52,7 @@ SCENARIOS = [
               {"at_ms": 8000, "freeze_ms": 3000}]),
     Scenario("switch", "resolution switch 640x360 → 320x180 at 5 s", [{"at_ms": 5000, "rendition": "180p"}],
              [R360, R180]),
+    Scenario("delay", "80 ms added delay on every packet the room sends (RTP and STUN)", [{"delay_ms": 80}]),
 ]
 
 
@@ -177,6 +178,7 @@ def summarize(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "loss_pct": stream.get("loss_pct"),
             "residual_loss_pct": stream.get("residual_loss_pct"),
             "nackCount": stream.get("nackCount"),
+            "rtt_ms": p["summary"].get("rtt_ms"),
         }
     else:
         out["probe"] = {"failure": p.get("failure") or p.get("error"), "message": p.get("failure_message")}
@@ -199,10 +201,18 @@ def summarize(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "loss_pct": round(100.0 * lost / (lost + received), 3) if lost + received else None,
             "nackCount": f.get("nackCount"),
             "framesDropped": f.get("framesDropped"),
+            "rtt_ms": _chromium_rtt_ms(c.get("ice_pair") or {}),
         }
     else:
         out["chromium"] = {"error": c.get("error") or "no stats"}
     return out
+
+
+def _chromium_rtt_ms(pair: dict[str, Any]) -> float | None:
+    """Mean STUN round-trip time of Chromium's nominated candidate pair, ms (totalRoundTripTime /
+    responsesReceived: every check and consent response of the session, as the probe's median covers its)."""
+    n = pair.get("responsesReceived") or 0
+    return round(1000.0 * pair["totalRoundTripTime"] / n, 2) if n and "totalRoundTripTime" in pair else None
 
 
 def _chromium_freezes_ms(samples: list[dict[str, Any]]) -> list[int]:

@@ -116,3 +116,14 @@ def test_loss(results: dict[str, dict[str, Any]], name: str, chrome_undercount_p
     # estimate), so random loss repaired by NACK/RTX is not a freeze for either; a freeze needs the same
     # packet lost about three times in a row (rare, and independent per viewer): allow one more
     assert probe["freezeCount"] <= chrome["freezeCount"] + 1, (probe["freezes_ms"], chrome["freezes_ms"])
+
+
+def test_rtt(results: dict[str, dict[str, Any]]) -> None:
+    """Both measure the ICE round trip from STUN checks on the nominated pair: under a millisecond or so on
+    loopback, and the room's 80 ms added delay (which it applies to its STUN replies too) in both."""
+    probe, chrome = _sides(results, "clean")
+    assert probe["rtt_ms"] is not None and chrome["rtt_ms"] is not None
+    assert probe["rtt_ms"] < 30 and chrome["rtt_ms"] < 30, (probe["rtt_ms"], chrome["rtt_ms"])
+    probe, chrome = _sides(results, "delay")
+    assert 80 <= probe["rtt_ms"] <= 110 and 80 <= chrome["rtt_ms"] <= 110, (probe["rtt_ms"], chrome["rtt_ms"])
+    assert abs(probe["rtt_ms"] - chrome["rtt_ms"]) <= 15, (probe["rtt_ms"], chrome["rtt_ms"])
