@@ -123,7 +123,11 @@ def test_rtt(results: dict[str, dict[str, Any]]) -> None:
     loopback, and the room's 80 ms added delay (which it applies to its STUN replies too) in both."""
     probe, chrome = _sides(results, "clean")
     assert probe["rtt_ms"] is not None and chrome["rtt_ms"] is not None
-    assert probe["rtt_ms"] < 30 and chrome["rtt_ms"] < 30, (probe["rtt_ms"], chrome["rtt_ms"])
+    slack = results["clean"]["raw"]["probe"]["summary"]["host_stalls"]["max_ms"] or 0.0
+    assert probe["rtt_ms"] < 30 + slack and chrome["rtt_ms"] < 30, (probe["rtt_ms"], chrome["rtt_ms"], slack)
     probe, chrome = _sides(results, "delay")
-    assert 80 <= probe["rtt_ms"] <= 110 and 80 <= chrome["rtt_ms"] <= 110, (probe["rtt_ms"], chrome["rtt_ms"])
-    assert abs(probe["rtt_ms"] - chrome["rtt_ms"]) <= 15, (probe["rtt_ms"], chrome["rtt_ms"])
+    # a stall of the probe's own process while a reply is due delays its reading by up to the stall
+    slack = results["delay"]["raw"]["probe"]["summary"]["host_stalls"]["max_ms"] or 0.0
+    assert 80 <= chrome["rtt_ms"] <= 110, chrome["rtt_ms"]
+    assert 80 <= probe["rtt_ms"] <= 110 + slack, (probe["rtt_ms"], slack)
+    assert abs(probe["rtt_ms"] - chrome["rtt_ms"]) <= 15 + slack, (probe["rtt_ms"], chrome["rtt_ms"], slack)
