@@ -19,61 +19,29 @@ class CollectorMetrics:
 
     def __init__(self) -> None:
         r = self.registry = Registry()
-        self.ttff = r.add(
-            Gauge(
-                "streamqoe_probe_ttff_seconds",
-                "Time to first frame of the newest probe report per region and target.",
-                _PROBE,
-            )
+
+        def probe_gauge(name: str, help_text: str) -> Gauge:
+            return r.add(Gauge(name, help_text, _PROBE))
+
+        self.ttff = probe_gauge("streamqoe_probe_ttff_seconds",
+                                "Time to first frame of the newest probe report per region and target.")
+        self.stall_ratio = probe_gauge("streamqoe_probe_stall_ratio",
+                                       "Frozen time / watch time of the newest probe report.")
+        self.loss = probe_gauge("streamqoe_probe_loss_ratio",
+                                "RFC 3550 video packet loss (0-1) of the newest probe report.")
+        self.hd_share = probe_gauge("streamqoe_probe_hd_share_ratio",
+                                    "Share of watch time at height >= 720 of the newest probe report.")
+        self.rtt = probe_gauge("streamqoe_probe_rtt_seconds",
+                               "Round-trip time (ICE consent checks, median) of the newest probe report.")
+        self.host_stalled = probe_gauge(
+            "streamqoe_probe_host_stalled_ratio",
+            "Share of the newest probe report's session in which the probe's own process could not run "
+            "(host stalls: its freezes may be the probe's doing).",
         )
-        self.stall_ratio = r.add(
-            Gauge(
-                "streamqoe_probe_stall_ratio", "Frozen time / watch time of the newest probe report.", _PROBE
-            )
-        )
-        self.loss = r.add(
-            Gauge(
-                "streamqoe_probe_loss_ratio",
-                "RFC 3550 video packet loss (0-1) of the newest probe report.",
-                _PROBE,
-            )
-        )
-        self.hd_share = r.add(
-            Gauge(
-                "streamqoe_probe_hd_share_ratio",
-                "Share of watch time at height >= 720 of the newest probe report.",
-                _PROBE,
-            )
-        )
-        self.rtt = r.add(
-            Gauge(
-                "streamqoe_probe_rtt_seconds",
-                "Round-trip time (ICE consent checks, median) of the newest probe report per region and target.",
-                _PROBE,
-            )
-        )
-        self.host_stalled = r.add(
-            Gauge(
-                "streamqoe_probe_host_stalled_ratio",
-                "Share of the newest probe report's session in which the probe's own process could not run "
-                "(host stalls: its freezes may be the probe's doing).",
-                _PROBE,
-            )
-        )
-        self.joined = r.add(
-            Gauge(
-                "streamqoe_probe_join_success",
-                "1 if the newest probe report joined and received media, else 0.",
-                _PROBE,
-            )
-        )
-        self.last_report = r.add(
-            Gauge(
-                "streamqoe_probe_last_report_timestamp_seconds",
-                "End (start + duration, Unix seconds) of the newest probe report.",
-                _PROBE,
-            )
-        )
+        self.joined = probe_gauge("streamqoe_probe_join_success",
+                                  "1 if the newest probe report joined and received media, else 0.")
+        self.last_report = probe_gauge("streamqoe_probe_last_report_timestamp_seconds",
+                                       "End (start + duration, Unix seconds) of the newest probe report.")
         self.reports = r.add(
             Counter(
                 "streamqoe_probe_reports_total",
