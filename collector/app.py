@@ -161,7 +161,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.diverted.observe((), run.diverted_s)
         metrics.moved_rows.inc((), run.moved_rows)
 
-    writer = GroupCommitWriter(store, max_rows=cfg.group_commit_max_rows, on_commit=on_commit)
+    writer = GroupCommitWriter(store, max_rows=cfg.group_commit_max_rows, linger_s=cfg.group_commit_linger_ms / 1000,
+                               on_commit=on_commit)
     writer.start()
     app[WRITER] = writer
     maintainer = StoreMaintainer(store, on_run=on_maintenance)

@@ -25,11 +25,12 @@ T = TypeVar("T")
 class GroupCommitWriter:
     """Serialises every write to ``store`` on one thread, grouping queued jobs (≤ ``max_rows`` rows)."""
 
-    def __init__(self, store: Store, *, max_rows: int = 50_000,
+    def __init__(self, store: Store, *, max_rows: int = 50_000, linger_s: float = 0.0,
                  on_commit: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._store = store
         self._max_rows = max_rows
+        self._linger_s = linger_s
         self._on_commit = on_commit
         self._clock = clock
         self._queue: asyncio.Queue[tuple[WriteJob, asyncio.Future[InsertResult]]] = asyncio.Queue()
@@ -68,6 +69,16 @@ class GroupCommitWriter:
                 item = self._queue.get_nowait()
                 group.append(item)
                 rows += item[0].size
+            if self._linger_s and len(group) == 1 and rows < self._max_rows:
+                # alone: wait a little for a second request, so one commit's fixed cost serves both
+                with contextlib.suppress(TimeoutError):
+                    item = await asyncio.wait_for(self._queue.get(), self._linger_s)
+                    group.append(item)
+                    rows += item[0].size
+                while rows < self._max_rows and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    group.append(item)
+                    rows += item[0].size
             jobs = [j for j, _ in group]
             t0 = self._clock()
             try:

@@ -246,6 +246,7 @@ def main() -> int:
     ap.add_argument("--store-threads", type=int, default=0, help="the collector's store_threads (0 = its default)")
     ap.add_argument("--export", action="store_true", help="then time GET /v1/events over everything stored")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
+    ap.add_argument("--linger-ms", type=int, default=0, help="the collector's group_commit_linger_ms")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     port = _free_port()
@@ -255,6 +256,7 @@ def main() -> int:
         + (f"checkpoint_wal_bytes = {args.checkpoint_mib << 20}\n" if args.checkpoint_mib else "")
         + f"ingest_workers = {args.ingest_workers}\n"
         + (f"store_threads = {args.store_threads}\n" if args.store_threads else "")
+        + (f"group_commit_linger_ms = {args.linger_ms}\n" if args.linger_ms else "")
         +
         f'[[tokens]]\nname = "bench"\nrole = "platform"\nsecret = "{TOKEN}"\n'
         f'[[tokens]]\nname = "reader"\nrole = "reader"\nsecret = "{READER}"\n'
@@ -319,6 +321,8 @@ def main() -> int:
         load += f", {args.ingest_workers} ingest workers"
     if args.store_threads:
         load += f", store_threads {args.store_threads}"
+    if args.linger_ms:
+        load += f", linger {args.linger_ms} ms"
     print(
         "| load | seconds | events/s acked | ack p50 ms | ack p99 ms | collector CPU ms / 1,000 ev (with workers) "
         "| collector cores busy (with workers) | client CPU ms / 1,000 ev | loadavg 1 min (start → end) | errors "

@@ -535,3 +535,26 @@ async def test_not_found_and_method_are_json(client: Any) -> None:
     assert r.status == 404 and "error" in await r.json()
     r = await client.delete("/v1/events")  # GET is the export, POST the ingest
     assert r.status == 405
+
+
+@pytest.mark.parametrize("linger_ms", [0, 300])
+async def test_group_commit_linger_merges_a_lone_request_with_the_next(aiohttp_client: Any, tmp_path: Path,
+                                                                       linger_ms: int) -> None:
+    import asyncio
+
+    c = await aiohttp_client(create_app(config(str(tmp_path / "g.duckdb"), group_commit_linger_ms=linger_ms)))
+
+    async def post(first: int, delay_s: float) -> dict[str, Any]:
+        await asyncio.sleep(delay_s)
+        r = await c.post("/v1/events", json=[event(first + i) for i in range(10)], headers=auth(PLATFORM))
+        assert r.status == 200
+        return await r.json()  # type: ignore[no-any-return]
+
+    # the second request comes 100 ms after the first, while the first is alone in the writer's queue
+    replies = await asyncio.gather(post(0, 0.0), post(10, 0.1))
+    assert [r["new"] for r in replies] == [10, 10]
+    text = await (await c.get("/metrics", headers=auth(READER))).text()
+    commits = next(float(ln.split()[-1]) for ln in text.splitlines()
+                   if ln.startswith("streamqoe_store_commit_rows_count"))
+    # without linger each request is its own transaction; with it, one transaction holds both
+    assert commits == (1 if linger_ms else 2)
