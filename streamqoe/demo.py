@@ -47,6 +47,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def token_arg(token: str) -> str:
+    """``--token=TOKEN`` in one argument: argparse takes a separate value that begins with "-" for an
+    option (a generated token did, once: the demo's audience model refused its command line)."""
+    return f"--token={token}"
+
+
 def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamqoe", "--log-level", "warning", *args]
 
@@ -79,7 +85,8 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
 
 
 def _write_configs(run: Path, probe_s: float) -> tuple[Path, Path, dict[str, str]]:
-    tokens = {name: secrets.token_urlsafe(24) for name in (*REGIONS, "platform", "reader")}
+    # url-safe base64 may begin with "-": a prefix keeps every token an ordinary word
+    tokens = {name: "sq-" + secrets.token_urlsafe(24) for name in (*REGIONS, "platform", "reader")}
     lines = [f'db_path = "{run / "streamqoe.duckdb"}"', 'listen_host = "127.0.0.1"']
     for region in REGIONS:
         lines += ["[[tokens]]", f'name = "probe-{region}"', 'role = "probe"', f'regions = ["{region}"]',
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             start(f"probe-{region}", _cmd(
                 "probe", f"http://127.0.0.1:{r_port}/whep/live?region={region}", "--region", region,
                 "--label", "cdn=edge-1", "--duration", "8", "--every", "10s", "--no-decode",
-                "--collector", collector_url, "--token", tokens[region], "--spool", str(run_dir / f"spool-{region}"),
+                "--collector", collector_url, token_arg(tokens[region]), "--spool", str(run_dir / f"spool-{region}"),
                 "--probe-id", f"demo-{region}"))
             for region in REGIONS
         ]
@@ -160,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         audience = start("audience", _cmd(
             "audience", "--seed", str(args.seed), "--minutes", "180", "--rate", "150", "--batch", "5000",
             "--incident", f"region={INCIDENT_REGION}@150-180:0.15", "--collector", collector_url,
-            "--token", tokens["platform"], "--truth", str(run_dir / "audience_truth.json")))
+            token_arg(tokens["platform"]), "--truth", str(run_dir / "audience_truth.json")))
         t_end = time.monotonic() + probe_s
         while time.monotonic() < t_end:
             time.sleep(min(15.0, max(0.0, t_end - time.monotonic())))
