@@ -4,8 +4,8 @@ Runs scripts/fidelity_report.py's scenarios once (about 100 s on 2 cores) in a l
 namespace, then checks per scenario what is honestly true (docs/fidelity.md explains each bound):
 
 - no impairment: no freezes on either side, the same resolution, no loss;
-- scheduled freezes (300 ms, 1 s, 3 s): equal freeze counts, totals within 10 % of each other and
-  of the room's wire gaps;
+- scheduled freezes (300 ms, 1 s, 3 s): each viewer's freezes within 10 % of the wire gaps the room
+  sent it, and the two viewers' totals, each as a share of its own wire gaps, within 10 points;
 - resolution switch: the same resolution timeline;
 - random loss: the probe's RFC 3550 loss equals the room's drop count (within 0.5 pp, in practice
   exactly); Chromium's ``packetsLost`` is reduced by part of the retransmissions, so it is at most the
@@ -63,7 +63,8 @@ def _sides(results: dict[str, dict[str, Any]], name: str) -> tuple[dict[str, Any
     probe, chrome = s["probe"], s["chromium"]
     assert not probe.get("failure"), probe
     assert not chrome.get("error"), chrome
-    print(name, "probe", probe, "chromium", chrome, "truth", s.get("truth_probe"))
+    print(name, "probe", probe, "chromium", chrome, "truth", s.get("truth_probe"), "truth_chromium",
+          s.get("truth_chromium"))
     return probe, chrome
 
 
@@ -95,8 +96,15 @@ def test_scheduled_freezes(results: dict[str, dict[str, Any]]) -> None:
             best = min(long, key=lambda ms, g=gap: abs(ms - g))
             assert abs(best - gap) <= max(0.1 * gap, 150), (who, gap, side["freezes_ms"])
             matched[who].append(best)
-    p, c = sum(matched["probe"]) / 1000.0, sum(matched["chromium"]) / 1000.0
-    assert abs(p - c) <= 0.1 * max(p, c), (matched, p, c)
+    # The two viewers are compared through their own truths: the room's wire gaps can differ per viewer by
+    # far more than 10 % (a CI run: 3039 ms to the probe, at least 3.5 s to Chromium, for the same scheduled
+    # 3 s freeze), so comparing raw totals would fault the viewers for what the room sent. Each viewer's
+    # total as a share of what it was sent must agree within 10 points.
+    shares = {}
+    for who in ("probe", "chromium"):
+        sent = sum(results["freezes"][f"truth_{who}"]["freeze_wire_gaps_ms"])
+        shares[who] = sum(matched[who]) / sent
+    assert abs(shares["probe"] - shares["chromium"]) <= 0.1, (matched, shares)
 
 
 def test_resolution_switch(results: dict[str, dict[str, Any]]) -> None:
