@@ -163,8 +163,11 @@ def _fast(items: list[Any]) -> dict[str, Column] | None:
             return None
         try:
             if type(None) in types:
-                sent = np.fromiter(map(_is_not_none, col), dtype=bool, count=n)
-                arr = np.array([np.nan if v is None else v for v in col], dtype=np.float64)
+                # elementwise in C (a Python-level pass per value cost ~2.5 ms per 1,000 events)
+                obj = np.array(col, dtype=object)
+                sent = obj != None  # noqa: E711 (numpy compares each element with None)
+                arr = np.full(n, np.nan)
+                arr[sent] = obj[sent].astype(np.float64)
                 ok = ~sent | ((arr >= lo) & (arr <= hi))  # a sent NaN fails the range: refused
             else:
                 arr = np.array(col, dtype=np.float64)
@@ -185,10 +188,6 @@ def _all_match(pattern: re.Pattern[str], values: list[str]) -> bool:
     newlines, which the patterns never match, after making sure no value brings a newline of its own."""
     joined = "\n".join(values)
     return joined.count("\n") == len(values) - 1 and pattern.fullmatch(joined) is not None
-
-
-def _is_not_none(v: Any) -> bool:
-    return v is not None
 
 
 def _times(items: list[Any], keys: set[str], column: Any) -> Column | None:
