@@ -342,6 +342,11 @@ def main() -> int:
         vals = [float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(name + " ")]
         return vals[0] if vals else None
 
+    n_commit = series("streamqoe_store_commit_duration_seconds_count")
+    if n_commit:
+        busy = series("streamqoe_store_commit_duration_seconds_sum") or 0.0
+        print(f"\nwriter (whole run): {n_commit:,.0f} transactions, mean {busy / n_commit * 1000:.1f} ms, "
+              f"busy {busy:.1f} s")
     n_ckpt = series("streamqoe_store_checkpoint_duration_seconds_count")
     if n_ckpt is not None:  # a collector that checkpoints on its maintenance thread
         ckpt_buckets = [
