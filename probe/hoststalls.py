@@ -9,7 +9,9 @@ every session's receive path runs on, asking to wake every ``TICK_S``; a wake-up
 
 One monitor serves every session on a loop (a fleet process runs hundreds of sessions; one timer costs
 ~50 wake-ups per second in total, not per session). Sessions read the stalls inside their own window.
-Only event-loop stalls are seen: a decoder thread starved while the loop runs is not.
+The loop cannot see a thread of its own process starve while it runs: the video decoder thread records
+those episodes itself (``probe.tap.FrameDecoder.lags``: a frame held ≥ ``THRESHOLD_MS`` from submission
+to decoded), and :func:`merge` joins both sources into one list of host stalls.
 """
 
 from __future__ import annotations
@@ -74,3 +76,17 @@ def monitor_for_loop(clock: Callable[[], float] = time.monotonic) -> LoopMonitor
     if mon is None or mon.clock is not clock:
         mon = _monitors[loop] = LoopMonitor(clock)
     return mon
+
+
+def merge(sources: dict[str, list[tuple[float, float]]]) -> list[tuple[float, float, tuple[str, ...]]]:
+    """Intervals from several sources (e.g. ``loop``, ``decoder``) as one sorted list of disjoint
+    (start, end, sources) intervals: overlapping or touching intervals become one, naming every source."""
+    tagged = sorted((s, e, name) for name, intervals in sources.items() for s, e in intervals)
+    out: list[tuple[float, float, tuple[str, ...]]] = []
+    for s, e, name in tagged:
+        if out and s <= out[-1][1]:
+            start, end, names = out[-1]
+            out[-1] = (start, max(end, e), names if name in names else tuple(sorted((*names, name))))
+        else:
+            out.append((s, e, (name,)))
+    return out

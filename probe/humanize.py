@@ -43,7 +43,8 @@ def summary_text(r: Report) -> str:
         lines.append(f"  audio   {a.framesReceived} frames, gaps {a.gapCount} ({a.total_gap_ms:.0f} ms)")
     h = s.host_stalls
     if h is not None and h.count:
-        lines.append(f"  WARNING this probe's own process could not run {h.stalled_s:.2f} s ({h.count} stalls, longest "
-                     f"{_ms(h.max_ms)}); {h.freezes_during} of the freezes fell inside: they may be the probe's, "
-                     "not the stream's")
+        dec = f", {h.decoder_count} of its decoder thread" if h.decoder_count else ""
+        lines.append(f"  WARNING this probe's own process could not run {h.stalled_s:.2f} s ({h.count} stalls{dec}, "
+                     f"longest {_ms(h.max_ms)}); {h.freezes_during} of the freezes fell inside: they may be the "
+                     "probe's, not the stream's")
     return "\n".join(lines)

@@ -351,7 +351,8 @@ class AudioSummary(_Record):
 @dataclass(frozen=True)
 class HostStalls(_Record):
     """Stalls of the probe's own process during the session (``probe/hoststalls.py``): times its event loop
-    woke ≥ 100 ms late. A freeze inside one may be the probe's own doing, not the stream's."""
+    woke ≥ 100 ms late, and times its video decoder thread held a frame ≥ 100 ms (merged where they
+    overlap). A freeze inside one may be the probe's own doing, not the stream's."""
 
     count: int
     """Host stalls that overlap the session."""
@@ -363,9 +364,13 @@ class HostStalls(_Record):
     """Freezes (counted in ``video.freezeCount``) whose interval overlaps a host stall."""
     frozen_s_during: float = 0.0
     """Their total duration, seconds (part of ``video.totalFreezesDuration``)."""
+    decoder_count: int = 0
+    """Of the stalls, those in which the video decoder thread held a frame ≥ 100 ms: the thread was starved
+    (of CPU or of the GIL) whether or not the event loop was (0 in no-decode mode, which has no decoder)."""
 
     def __post_init__(self) -> None:
         _int(self.count, "count", optional=False)
+        _int(self.decoder_count, "decoder_count", optional=False)
         _num(self.stalled_s, "stalled_s", optional=False, hi=86_400)
         _num(self.max_ms, "max_ms", hi=86_400_000)
         _int(self.freezes_during, "freezes_during", optional=False)

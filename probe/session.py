@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError
 from probe import fastrecv
 from probe import marker as frame_marker
 from probe.bitstream import FrameInfo
+from probe.hoststalls import merge as merge_stalls
 from probe.hoststalls import monitor_for_loop
 from probe.ice import addresses_for_target, enlarge_receive_buffers, host_addresses
 from probe.report import (
@@ -151,6 +152,7 @@ class Session:
         self._dtls_failed = False
         self.latency_clock = opts.latency_clock
         self._ice_addresses: list[str] | None = None
+        self.video_tap: ReceiverTap | None = None
 
     def now_ms(self) -> float:
         """Session time: ms since t0."""
@@ -183,13 +185,15 @@ class Session:
     def _prepare(self, pc: Any) -> None:
         for transceiver in pc.getTransceivers():
             kind = transceiver.kind
-            ReceiverTap(
+            tap = ReceiverTap(
                 transceiver.receiver, kind, decode=self.opts.decode, skip_loop_filter=self.opts.skip_loop_filter,
                 now_ms=self.now_ms, counters=self.counters,
                 on_assembled=self._on_assembled, on_first_rtp=self._on_first_rtp,
-            ).install()
+            )
+            tap.install()
             if kind == "video":
                 self._video_receiver = transceiver.receiver
+                self.video_tap = tap
         if self.opts.fast_receive:  # hook every transport: BUNDLE keeps one of them, decided later
             for dtls in {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}.values():
                 self._fast_receive_on_connect(dtls)
@@ -415,10 +419,15 @@ class Session:
         )
 
     def _host_stalls(self, end_ms: float) -> HostStalls:
-        """The probe's own stalls inside [t0, end]; marks each freeze that overlaps one (``host_stall`` in
-        its events' detail) and adds a ``host_stall`` event per stall."""
-        stalls = [((s - self.t0) * 1000.0, (e - self.t0) * 1000.0)
-                  for s, e in self.host_monitor.between(self.t0, self.t0 + end_ms / 1000.0)]
+        """The probe's own stalls inside [t0, end]: its event loop's (``probe/hoststalls.py``) and its video
+        decoder thread's (``FrameDecoder.lags``), merged; marks each freeze that overlaps one (``host_stall``
+        in its events' detail) and adds a ``host_stall`` event per stall, naming its sources."""
+        loop = [((s - self.t0) * 1000.0, (e - self.t0) * 1000.0)
+                for s, e in self.host_monitor.between(self.t0, self.t0 + end_ms / 1000.0)]
+        decoder = self.video_tap.decoder if self.video_tap is not None else None
+        lags = [(s, e) for s, e in (decoder.lags if decoder is not None else ()) if e > 0.0 and s < end_ms]
+        merged = merge_stalls({"loop": loop, "decoder": lags})
+        stalls = [(s, e) for s, e, _ in merged]
         freezes_during, frozen_ms_during = 0, 0.0
         for f in self.video.freezes.stalls:
             if f.kind == "freeze" and any(s < f.end_ms and e > f.start_ms for s, e in stalls):
@@ -427,12 +436,14 @@ class Session:
                 for t, typ, detail in self.video.events:
                     if typ == "freeze_start" and t == f.start_ms / 1000.0:
                         detail["host_stall"] = True
-        for s, e in stalls:
-            self.events.append((max(0.0, s) / 1000.0, "host_stall", {"duration_ms": round(e - s, 1)}))
+        for s, e, sources in merged:
+            self.events.append((max(0.0, s) / 1000.0, "host_stall",
+                                {"duration_ms": round(e - s, 1), "source": "+".join(sources)}))
         inside = [min(e, end_ms) - max(s, 0.0) for s, e in stalls]
         return HostStalls(count=len(stalls), stalled_s=round(sum(inside) / 1000.0, 3),
                           max_ms=round(max(e - s for s, e in stalls), 1) if stalls else None,
-                          freezes_during=freezes_during, frozen_s_during=round(frozen_ms_during / 1000.0, 3))
+                          freezes_during=freezes_during, frozen_s_during=round(frozen_ms_during / 1000.0, 3),
+                          decoder_count=sum("decoder" in names for _, _, names in merged))
 
     def _unavailable(self, end_ms: float) -> tuple[str, ...]:
         out = []

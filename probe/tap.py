@@ -41,6 +41,7 @@ import fractions
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPa
 
 from probe.bitstream import FrameInfo, frame_info
 from probe.fastrecv import NTP_EPOCH_MS
+from probe.hoststalls import KEEP as LAGS_KEPT
+from probe.hoststalls import THRESHOLD_MS
 from probe.jitterbuffer import install as install_fast_jitter_buffer
 from probe.remb import install as install_fast_remb
 from probe.rtpstats import StreamCounter
@@ -137,20 +140,40 @@ class RembThrottle:
 
 
 class FrameDecoder:
-    """Decodes one receiver's video frames in a thread; decoded frames go to the track's queue."""
+    """Decodes one receiver's video frames in a thread; decoded frames go to the track's queue.
+
+    ``lags``: when the thread held a frame for ``THRESHOLD_MS`` or more between its submission and the end
+    of its decode, as merged (start, end) intervals on ``now_ms``. A decode costs ~2-3 ms, so such a lag
+    means the thread could not run (starved of CPU or of the GIL) while the event loop did: a host stall
+    the loop's own monitor cannot see, and the frames it delays render late, as a freeze no viewer had.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, output: asyncio.Queue[Any], error: threading.Event,
-                 *, skip_loop_filter: bool = False) -> None:
+                 *, skip_loop_filter: bool = False, now_ms: Callable[[], float] | None = None) -> None:
         self._loop = loop
         self._options = {"skip_loop_filter": "all"} if skip_loop_filter else {}
         self._output = output
         self._error = error
-        self._input: queue.SimpleQueue[tuple[str, bytes, int] | None] = queue.SimpleQueue()
+        self._now_ms = now_ms or (lambda: time.monotonic() * 1000.0)
+        self.lags: deque[tuple[float, float]] = deque(maxlen=LAGS_KEPT)
+        self.before_decode: Callable[[], None] | None = None
+        """Runs in the decoder thread before each decode (tests starve the thread with it)."""
+        self._input: queue.SimpleQueue[tuple[str, bytes, int, float] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="probe-video-decoder", daemon=True)
         self._thread.start()
 
     def submit(self, codec_name: str, data: bytes, timestamp: int) -> None:
-        self._input.put((codec_name, data, timestamp))
+        self._input.put((codec_name, data, timestamp, self._now_ms()))
+
+    def _lagged(self, submitted: float) -> None:
+        done = self._now_ms()
+        if done - submitted < THRESHOLD_MS:
+            return
+        if self.lags and submitted <= self.lags[-1][1]:  # the backlog of one episode: one interval
+            start, end = self.lags[-1]
+            self.lags[-1] = (start, max(end, done))
+        else:
+            self.lags.append((submitted, done))
 
     def stop(self) -> None:
         self._input.put(None)
@@ -159,7 +182,9 @@ class FrameDecoder:
         context: Any = None
         current = None
         while (item := self._input.get()) is not None:
-            codec_name, data, timestamp = item
+            codec_name, data, timestamp, submitted = item
+            if self.before_decode is not None:
+                self.before_decode()
             if codec_name != current:
                 name = _DECODERS.get(codec_name.upper())
                 if name is None:
@@ -177,6 +202,8 @@ class FrameDecoder:
             except av.FFmpegError:
                 self._error.set()  # aiortc's receiver turns this into a PLI
                 continue
+            finally:
+                self._lagged(submitted)
             for frame in frames:
                 if not self._deliver(frame):
                     return
@@ -345,5 +372,5 @@ class ReceiverTap:
         if self.decoder is None:
             self.decoder = FrameDecoder(asyncio.get_running_loop(), track_queue,
                                         self.receiver._RTCRtpReceiver__decoder_error,
-                                        skip_loop_filter=self.skip_loop_filter)
+                                        skip_loop_filter=self.skip_loop_filter, now_ms=self.now_ms)
         self.decoder.submit(codec_name, data, timestamp)

@@ -54,11 +54,12 @@ class LoopStalls:
         self.intervals.extend((s, e) for enc in truth["encoders"].values() for s, e in enc["late"])
 
     def unexplained_freezes(self, report: Any, t0_wall_ms: float) -> list[Any]:
-        """The report's ``freeze_start`` events whose freeze overlaps no stall (of this process or of the
-        room's encoders); ``t0_wall_ms`` is the session's t0 on the wall clock."""
+        """The report's ``freeze_start`` events whose freeze overlaps no stall (of this process, of the
+        room's encoders, or one the probe measured itself: ``host_stall``, which includes its decoder
+        thread's); ``t0_wall_ms`` is the session's t0 on the wall clock."""
         out = []
         for e in report.events:
-            if e.type != "freeze_start":
+            if e.type != "freeze_start" or e.detail.get("host_stall"):
                 continue
             start = t0_wall_ms + e.t_s * 1000.0
             end = start + float(e.detail["duration_ms"])

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -36,17 +38,21 @@ def started_ms(report: Report) -> float:
 
 async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decode: bool = True,
                      query: str = "", fast_receive: bool = True,
-                     stalls: LoopStalls | None = None) -> tuple[Report, dict[str, Any]]:
+                     stalls: LoopStalls | None = None,
+                     on_session: Callable[[Session], Any] | None = None) -> tuple[Report, dict[str, Any]]:
     """Run one probe session against a room built from ``scenario``; returns (report, viewer truth).
 
     Checks which receive path the session took: the direct one (``probe.fastrecv``) or aiortc's.
     ``stalls``, if given, records this process's stalls during the session and the room's late ticks.
+    ``on_session`` is called with the session before it runs.
     """
     config = parse_scenario(scenario).server_config()
     async with RoomServer(config) as server, stalls or contextlib.nullcontext():
         room = config.rooms[0].name
         session = Session(ProbeOptions(url=server.whep_url(room) + query, duration_s=duration_s, decode=decode,
                                        fast_receive=fast_receive))
+        if on_session is not None:
+            on_session(session)
         report = await session.run()
         truth = server.rooms[room].truth()
     if stalls is not None:
@@ -76,8 +82,9 @@ async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> N
     assert (v.width, v.height) == (1280, 720)
     # no scheduled freeze: a freeze here can only be a stall of this shared process (room + probe), which
     # the room feels too; on a loaded machine (a CI run saw 4) they must coincide with stalls the test saw.
-    # One may not: the probe's decoder thread can lag while the event loop runs (a CI run saw one of
-    # 187 ms, just over the W3C threshold), and the loop monitor cannot see that
+    # The probe's own host-stall flag (its loop's and its decoder thread's stalls) explains a freeze too.
+    # One freeze may stay unexplained: a CI run saw one of 187 ms, just over the W3C threshold, with no
+    # loop stall and before the decoder thread's lag was measured; nothing has shown its cause yet
     unexplained = stalls.unexplained_freezes(report, started_ms(report))
     assert len(unexplained) <= 1, (unexplained, stalls.intervals)
     assert v.pauseCount == 0
@@ -98,6 +105,23 @@ async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> N
     assert audio is not None and audio.framesReceived > 200 and audio.gapCount == 0
 
 
+def _stall_covering(report: Report, start_wall_ms: float, end_wall_ms: float) -> Any:
+    """The report's one ``host_stall`` event that covers [start, end] (wall ms; 30 ms of slack each side)."""
+    t0 = started_ms(report)
+    covering = [e for e in report.events if e.type == "host_stall"
+                and t0 + e.t_s * 1000 <= start_wall_ms + 30
+                and t0 + e.t_s * 1000 + float(e.detail["duration_ms"]) >= end_wall_ms - 30]
+    assert len(covering) == 1, ([e for e in report.events if e.type == "host_stall"], start_wall_ms - t0)
+    return covering[0]
+
+
+def _outside_stall_ms(watch: LoopStalls, start_wall_ms: float, end_wall_ms: float) -> float:
+    """How long the test's own loop watcher saw the loop stalled in [start, end] apart from the injected
+    interval's own span: stalls that are nobody's doing here (a busy machine, the hypervisor taking the
+    CPU; a 250 ms gap in a bare sleep loop has been seen on an idle VM), which a host stall may absorb."""
+    return sum(max(0.0, min(e, end_wall_ms) - max(s, start_wall_ms)) for s, e in watch.intervals)
+
+
 async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flagged() -> None:
     blocked: list[float] = []
 
@@ -108,17 +132,20 @@ async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flag
         blocked.append(time.time() * 1000.0)
 
     blocker = asyncio.ensure_future(block_loop())
-    report, _ = await probe_room({"rooms": [small("blocked")]}, duration_s=5)
+    async with LoopStalls() as watch:
+        report, _ = await probe_room({"rooms": [small("blocked")]}, duration_s=5)
     await blocker
     hs = report.summary.host_stalls
     v = report.summary.video
     assert hs is not None and v is not None
     stalls = [e for e in report.events if e.type == "host_stall"]
-    # the 400 ms block is one stall (the monitor wakes every 20 ms: it sees the block less < 20 ms)
-    (block,) = [e for e in stalls if float(e.detail["duration_ms"]) >= 300]
-    assert 380 <= float(block.detail["duration_ms"]) <= 400 + 100
-    t0 = started_ms(report)
-    assert block.t_s * 1000 == pytest.approx(blocked[0] - t0, abs=30)
+    # the 400 ms block is one stall, seen as long as the test's own watcher saw it (the monitor wakes every
+    # 20 ms, the watcher every 5 ms); a stall from outside that adjoins the block lengthens both alike
+    block = _stall_covering(report, blocked[0], blocked[1])
+    (seen,) = [(s, e) for s, e in watch.intervals if s <= blocked[0] + 5 and e >= blocked[1] - 5]
+    assert float(block.detail["duration_ms"]) >= 380
+    assert float(block.detail["duration_ms"]) == pytest.approx(seen[1] - seen[0], abs=60), (block, seen)
+    assert "loop" in str(block.detail["source"]).split("+")
     assert hs.count == len(stalls) and hs.max_ms == max(float(e.detail["duration_ms"]) for e in stalls)
     assert hs.stalled_s >= 0.38
     # the room could not send either, so the viewer froze; the freeze is counted and flagged as the host's
@@ -126,6 +153,47 @@ async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flag
     assert v.freezeCount >= 1 and hs.freezes_during == len(flagged) >= 1
     assert hs.frozen_s_during == pytest.approx(sum(float(e.detail["duration_ms"]) for e in flagged) / 1000, abs=0.002)
     assert 0.38 <= hs.frozen_s_during <= v.totalFreezesDuration
+
+
+async def test_a_starved_decoder_thread_is_a_host_stall_and_its_freeze_flagged() -> None:
+    """The decoder thread sleeps 400 ms once (releasing the GIL: the event loop, the room and the probe's
+    receive path run on, so the loop's monitor sees nothing); the frames queue behind it and render in a
+    burst, a freeze no viewer had."""
+    starved: list[float] = []
+    done = threading.Event()
+
+    def starve_once() -> None:
+        if not done.is_set():
+            done.set()
+            starved.append(time.time() * 1000.0)
+            time.sleep(0.4)
+            starved.append(time.time() * 1000.0)
+
+    async def arm(session: Session) -> None:
+        await asyncio.sleep(2.5)
+        assert session.video_tap is not None and session.video_tap.decoder is not None
+        session.video_tap.decoder.before_decode = starve_once
+
+    tasks: list[asyncio.Task[None]] = []
+    async with LoopStalls() as watch:
+        report, _ = await probe_room({"rooms": [small("starved")]}, duration_s=5,
+                                     on_session=lambda s: tasks.append(asyncio.ensure_future(arm(s))))
+    await tasks[0]
+    assert done.is_set()
+    hs, v = report.summary.host_stalls, report.summary.video
+    assert hs is not None and v is not None
+    stall = _stall_covering(report, starved[0], starved[1])
+    assert "decoder" in str(stall.detail["source"]).split("+"), stall
+    # from the held frame's arrival (the sleep began as it was taken up) to the end of the backlog's
+    # decode; a stall from outside inside that window (the watcher's) may lengthen it
+    outside = _outside_stall_ms(watch, starved[0] - 200, starved[1] + 300)
+    assert 400 - 30 <= float(stall.detail["duration_ms"]) <= 400 + 150 + outside, (stall, watch.intervals)
+    assert hs.decoder_count >= 1 and hs.count == len([e for e in report.events if e.type == "host_stall"])
+    flagged = [e for e in report.events if e.type == "freeze_start" and e.detail.get("host_stall")]
+    assert hs.freezes_during == len(flagged) >= 1
+    t0 = started_ms(report)
+    assert any(t0 + e.t_s * 1000 < starved[1] and t0 + e.t_s * 1000 + float(e.detail["duration_ms"]) > starved[0]
+               for e in flagged), (flagged, starved)
 
 
 @pytest.mark.parametrize("delay_ms", [0, 80])
