@@ -7,6 +7,7 @@ Times are wall-clock ms since the Unix epoch. Field meanings: docs/scenario.md, 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -164,19 +165,23 @@ class ViewerTruth:
         }
 
 
-def classify_freezes(report: dict[str, Any], truth: dict[str, Any], margin_ms: float = 50.0) -> dict[str, list[Any]]:
+def classify_freezes(report: dict[str, Any], truth: dict[str, Any], margin_ms: float = 50.0,
+                     seen: Iterable[tuple[float, float]] = ()) -> dict[str, list[Any]]:
     """A probe report's freezes (wire JSON ``freeze_start`` events) by what explains them, given the
     truth of the room it watched:
 
     * ``host_stall``: the probe's own process could not run then (the probe flags these itself);
     * ``room_late``: the room's encoder ran late then (``encoders.*.late``): the room, starved, really
       sent nothing; the probe was right;
-    * ``unexplained``: neither: the freeze the probe reports has no cause on this machine but the stream
-      (or a scheduled impairment).
+    * ``seen_stall``: the caller saw a stall then (``seen``: wall-clock ms intervals, e.g. a test
+      watching the event loop the room and the probe share);
+    * ``unexplained``: none of these: the freeze the probe reports has no cause on this machine but the
+      stream (or a scheduled impairment).
     """
     t0 = datetime.fromisoformat(report["started_at"].replace("Z", "+00:00")).timestamp() * 1000.0
     late = [(s, e) for enc in truth["encoders"].values() for s, e in enc.get("late", ())]
-    out: dict[str, list[Any]] = {"host_stall": [], "room_late": [], "unexplained": []}
+    seen = list(seen)
+    out: dict[str, list[Any]] = {"host_stall": [], "room_late": [], "seen_stall": [], "unexplained": []}
     for e in report["events"]:
         if e["type"] != "freeze_start":
             continue
@@ -186,6 +191,8 @@ def classify_freezes(report: dict[str, Any], truth: dict[str, Any], margin_ms: f
             out["host_stall"].append(e)
         elif any(s < end + margin_ms and f > start - margin_ms for s, f in late):
             out["room_late"].append(e)
+        elif any(s < end + margin_ms and f > start - margin_ms for s, f in seen):
+            out["seen_stall"].append(e)
         else:
             out["unexplained"].append(e)
     return out

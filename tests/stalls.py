@@ -16,6 +16,8 @@ import time
 from types import TracebackType
 from typing import Any
 
+from room.truth import classify_freezes
+
 
 class LoopStalls:
     """Wall-clock intervals in which this process's event loop could not run for ``threshold_ms`` or more."""
@@ -24,6 +26,7 @@ class LoopStalls:
         self.threshold_ms = threshold_ms
         self.tick_ms = tick_ms
         self.intervals: list[tuple[float, float]] = []
+        self.truth: dict[str, Any] = {"encoders": {}}
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LoopStalls:
@@ -51,22 +54,15 @@ class LoopStalls:
 
     def add_room_truth(self, truth: dict[str, Any]) -> None:
         """Count the times the room's encoders ran late (``late`` in its truth) as stalls too."""
+        self.truth = truth
         self.intervals.extend((s, e) for enc in truth["encoders"].values() for s, e in enc["late"])
 
-    def unexplained_freezes(self, report: Any, t0_wall_ms: float) -> list[Any]:
-        """The report's ``freeze_start`` events whose freeze overlaps no stall (of this process, of the
-        room's encoders, or one the probe measured itself: ``host_stall``, which includes its decoder
-        thread's); ``t0_wall_ms`` is the session's t0 on the wall clock."""
-        out = []
-        for e in report.events:
-            if e.type != "freeze_start" or e.detail.get("host_stall"):
-                continue
-            start = t0_wall_ms + e.t_s * 1000.0
-            end = start + float(e.detail["duration_ms"])
-            if self.overlaps(start, end):
-                continue
-            out.append(e)
-        return out
+    def unexplained_freezes(self, report: Any) -> list[Any]:
+        """The report's ``freeze_start`` events that nothing explains (``room.truth.classify_freezes``: not
+        the probe's own host stalls, not the room's late ticks, not a stall of this process)."""
+        got = classify_freezes(report.to_dict(), self.truth, seen=self.intervals)["unexplained"]
+        times = {e["t_s"] for e in got}
+        return [e for e in report.events if e.type == "freeze_start" and e.t_s in times]
 
 
 def room_truth(whep_url: str) -> dict[str, Any]:

@@ -85,7 +85,7 @@ async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> N
     # The probe's own host-stall flag (its loop's and its decoder thread's stalls) explains a freeze too.
     # One freeze may stay unexplained: a CI run saw one of 187 ms, just over the W3C threshold, with no
     # loop stall and before the decoder thread's lag was measured; nothing has shown its cause yet
-    unexplained = stalls.unexplained_freezes(report, started_ms(report))
+    unexplained = stalls.unexplained_freezes(report)
     assert len(unexplained) <= 1, (unexplained, stalls.intervals)
     assert v.pauseCount == 0
     # frames: the probe got every frame the room sent it (the room's encoder may skip ticks on a busy
@@ -281,7 +281,7 @@ async def test_scheduled_freezes_are_counted_with_their_durations() -> None:
     freezes = [e for e in report.events if e.type == "freeze_start" and scheduled(e)]
     assert len(freezes) == 2 == len(truth["freezes"]), (freezes, truth["freezes"])
     # any other freeze must be a stall of this shared process (see the clean test)
-    others = [e for e in stalls.unexplained_freezes(report, t0) if not scheduled(e)]
+    others = [e for e in stalls.unexplained_freezes(report) if not scheduled(e)]
     assert others == [], (others, stalls.intervals)
     true_gaps = [f["end_ms"] - f["start_ms"] for f in truth["freezes"]]
     measured = [float(e.detail["duration_ms"]) for e in freezes]

@@ -354,3 +354,6 @@ def test_classify_freezes_by_what_explains_them() -> None:
     assert [e["t_s"] for e in got["host_stall"]] == [1.0]
     assert [e["t_s"] for e in got["room_late"]] == [1.9]
     assert [e["t_s"] for e in got["unexplained"]] == [2.36]
+    # a stall the caller saw (e.g. of the event loop room and probe share) explains it
+    got = classify_freezes(report, truth, seen=[(1_002_500.0, 1_002_600.0)])
+    assert [e["t_s"] for e in got["seen_stall"]] == [2.36] and got["unexplained"] == []
