@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-platform-token-0123456789"
@@ -213,6 +214,34 @@ class WalWatcher:
         self._thread.join()
 
 
+MACHINE_STALL_MS = 50.0
+"""A 1 ms sleeper process that wakes this late saw the machine unable to run it (CPU stolen by the
+hypervisor, or both cores busy): no ack can be faster than such a stall when it falls in its flight."""
+
+
+def _machine_watch(stop: Any, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """In a process of its own: (start, end) wall-clock seconds of every ≥ MACHINE_STALL_MS wake-up gap."""
+    gaps: list[tuple[float, float]] = []
+    last = time.time()
+    while not stop.is_set():
+        time.sleep(0.001)
+        now = time.time()
+        if (now - last) * 1000.0 >= MACHINE_STALL_MS:
+            gaps.append((last, now))
+        last = now
+    out.put(gaps)
+
+
+def _in_stalls(starts: list[float], latencies: list[float],
+               stalls: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Latencies of batches whose flight overlaps a machine stall, and of the others."""
+    hit: list[float] = []
+    clear: list[float] = []
+    for t, lat in zip(starts, latencies, strict=True):
+        (hit if any(t < e and t + lat > s for s, e in stalls) else clear).append(lat)
+    return hit, clear
+
+
 CKPT_BEFORE_S = 0.6
 """A checkpoint is seen when it ends (the WAL truncates); the longest take ~0.5 s."""
 CKPT_AFTER_S = 0.3
@@ -281,9 +310,15 @@ def main() -> int:
         load0 = os.getloadavg()[0]
         cpu0 = _proc_cpu_s(proc.pid)
         wal = WalWatcher(tmp / "bench.duckdb.wal")
+        watch_stop, watch_q = mp.Event(), mp.Queue()  # type: ignore[var-annotated]
+        watcher = mp.Process(target=_machine_watch, args=(watch_stop, watch_q), daemon=True)
+        watcher.start()
         p.start()
         res = q.get()
         wal.stop()
+        watch_stop.set()
+        machine_stalls: list[tuple[float, float]] = watch_q.get(timeout=30)
+        watcher.join()
         cpu1 = _proc_cpu_s(proc.pid)
         load1 = os.getloadavg()[0]
         p.join()
@@ -370,6 +405,14 @@ def main() -> int:
             f"p50 {_pct(near, 0.5) * 1000:.1f} ms, p99 {_pct(near, 0.99) * 1000:.1f} ms; the other {len(away):,}: "
             f"p50 {_pct(away, 0.5) * 1000:.1f} ms, p99 {_pct(away, 0.99) * 1000:.1f} ms"
         )
+    hit, clear = _in_stalls(res["starts"], lat, machine_stalls)
+    longest = max((e - s for s, e in machine_stalls), default=0.0)
+    print(
+        f"\nmachine stalls (a 1 ms sleeper process woke ≥ {MACHINE_STALL_MS:.0f} ms late): {len(machine_stalls)}, "
+        f"longest {longest * 1000:.0f} ms, {sum(e - s for s, e in machine_stalls):.2f} s in all; batches in flight "
+        f"during one: {len(hit):,} (p50 {_pct(hit, 0.5) * 1000:.1f} ms, p99 {_pct(hit, 0.99) * 1000:.1f} ms); "
+        f"the other {len(clear):,}: p50 {_pct(clear, 0.5) * 1000:.1f} ms, p99 {_pct(clear, 0.99) * 1000:.1f} ms"
+    )
     if export:
         print(
             f"\nexport: GET /v1/events over {export['lines']:,} events in {export['seconds']:.1f} s "
