@@ -24,7 +24,7 @@ REGIONS = ("eu", "us", "ap")
 
 def _probes(
     minutes: int,
-    bad: dict[str, tuple[int, int]],
+    bad: dict[str, tuple[float, float]],
     *,
     seed: int = 0,
     fail: bool = False,
@@ -39,8 +39,7 @@ def _probes(
         t = start_ms + k * 10_000
         noise = float(rng.choice([0.0, 0.0, 0.03, 0.08]))
         for j, r in enumerate(REGIONS):
-            m = k // 6
-            is_bad = r in bad and bad[r][0] <= m < bad[r][1]
+            is_bad = r in bad and bad[r][0] <= k / 6 < bad[r][1]  # minutes, fractions allowed
             failed = is_bad and fail
             rows.append(
                 (
@@ -85,6 +84,17 @@ def test_a_degraded_region_is_one_probe_incident_with_start_end_and_moved_metric
     assert inc.metrics["loss_pct"]["before"] == 0.0 and inc.metrics["loss_pct"]["during"] == 8.0
     assert inc.metrics["stall_ratio"]["change"] is not None and inc.metrics["stall_ratio"]["change"] > 0.2
     assert "[probes] region=eu" in inc.summary
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_short_regression_straddling_a_minute_boundary_is_found(seed: int) -> None:
+    """50 s of degraded sessions from minute 4.5: 3 of 6 in minute 4, 2 of 6 in minute 5, too few in
+    either for the minute grid's test; the half-minute-offset grid sees them together."""
+    incs = detect_probe_incidents(_probes(8, {"eu": (4.5, 4.5 + 50 / 60)}, seed=seed), T0, 8)
+    assert [i.segment for i in incs] == [{"region": "eu"}]
+    assert T0 + 4.5 * 60_000 <= incs[0].start_ms < T0 + 4.5 * 60_000 + 10_000
+    assert incs[0].end_ms <= T0 + (4.5 + 50 / 60) * 60_000 + 8_000
+    assert incs[0].incident_id == f"probe-{incs[0].start_ms // 1000}-1"
 
 
 @pytest.mark.parametrize("seed", range(20))
