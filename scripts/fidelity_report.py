@@ -173,6 +173,10 @@ def summarize(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "pauseCount": v["pauseCount"],
             "freezes_ms": [round(e["detail"]["duration_ms"]) for e in p.get("events", [])
                            if e["type"] == "freeze_end"],
+            # freezes that overlapped a stall of the probe's own process (its loop or decoder thread): the
+            # probe could not run then, so they say nothing about the stream (docs/metrics.md)
+            "host_freezes_ms": [round(e["detail"]["duration_ms"]) for e in p.get("events", [])
+                                if e["type"] == "freeze_start" and e["detail"].get("host_stall")],
             "sizes": [(r["width"], r["height"]) for r in v["resolution_timeline"]],
             "switch_t_s": [r["t_s"] for r in v["resolution_timeline"]],
             "loss_pct": stream.get("loss_pct"),

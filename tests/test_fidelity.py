@@ -3,7 +3,8 @@
 Runs scripts/fidelity_report.py's scenarios once (about 100 s on 2 cores) in a loopback-only network
 namespace, then checks per scenario what is honestly true (docs/fidelity.md explains each bound):
 
-- no impairment: no freezes on either side, the same resolution, no loss;
+- no impairment: at most 2 short freezes on either side (the probe's inside its own host stalls not
+  counted), the same resolution, no loss;
 - scheduled freezes (300 ms, 1 s, 3 s): each viewer's freezes within 10 % of the wire gaps the room
   sent it, and the two viewers' totals, each as a share of its own wire gaps, within 10 points;
 - resolution switch: the same resolution timeline;
@@ -68,14 +69,24 @@ def _sides(results: dict[str, dict[str, Any]], name: str) -> tuple[dict[str, Any
     return probe, chrome
 
 
+def _probe_own_freezes(probe: dict[str, Any]) -> dict[str, float]:
+    """The probe's freezes that did not overlap a stall of its own process: count and total seconds."""
+    host = probe.get("host_freezes_ms", [])
+    return {"count": probe["freezeCount"] - len(host),
+            "seconds": probe["totalFreezesDuration"] - sum(host) / 1000.0}
+
+
 def test_clean(results: dict[str, dict[str, Any]]) -> None:
     probe, chrome = _sides(results, "clean")
     # No impairment is not no freeze on a loaded 2-core box: the probe renders at decode time with no
     # playout buffer, so a stall of its own process is a freeze to it (0-2 per 15 s, 190-620 ms), and a
     # stall of the room's shared encoder is a freeze to both (one 236 ms freeze seen by both at once).
     # Measured at load average 5-9 (docs/fidelity.md).
-    for side in (probe, chrome):
-        assert side["freezeCount"] <= 2 and side["totalFreezesDuration"] <= 1.0, side
+    # The probe's freezes inside a stall of its own process (flagged by the probe) are left out: on this VM
+    # an idle process has seen 100-250 ms scheduling gaps (hypervisor), which Chromium's buffer absorbs.
+    own = _probe_own_freezes(probe)
+    assert own["count"] <= 2 and own["seconds"] <= 1.0, (probe, own)
+    assert chrome["freezeCount"] <= 2 and chrome["totalFreezesDuration"] <= 1.0, chrome
     assert probe["sizes"] == chrome["sizes"] == [(640, 360)]
     assert probe["loss_pct"] == 0 and chrome["loss_pct"] == 0
     assert probe["fps"] > 20 and chrome["fps"] > 20
@@ -123,7 +134,7 @@ def test_loss(results: dict[str, dict[str, Any]], name: str, chrome_undercount_p
     # Both re-request lost retransmissions (the probe every 100 ms, as libwebrtc without an RTT
     # estimate), so random loss repaired by NACK/RTX is not a freeze for either; a freeze needs the same
     # packet lost about three times in a row (rare, and independent per viewer): allow one more
-    assert probe["freezeCount"] <= chrome["freezeCount"] + 1, (probe["freezes_ms"], chrome["freezes_ms"])
+    assert _probe_own_freezes(probe)["count"] <= chrome["freezeCount"] + 1, (probe, chrome["freezes_ms"])
 
 
 def test_rtt(results: dict[str, dict[str, Any]]) -> None:
