@@ -297,10 +297,17 @@ async def test_scheduled_freezes_are_counted_with_their_durations() -> None:
 
 async def test_freeze_still_running_at_session_end_is_counted_and_flagged() -> None:
     scenario = {"rooms": [small("endfreeze")], "impairments": [{"at_ms": 2500, "freeze_ms": 10000}]}
-    report, _ = await probe_room(scenario, duration_s=4)
+    stalls = LoopStalls()
+    report, _ = await probe_room(scenario, duration_s=4, stalls=stalls)
     v = report.summary.video
-    assert v is not None and v.freeze_in_progress and v.freezeCount == 1
-    assert v.totalFreezesDuration == pytest.approx(1.5, abs=0.3)
+    assert v is not None and v.freeze_in_progress
+    # the scheduled freeze is the last one, still running at the end, 1.5 s of it inside the session;
+    # any other freeze must be a stall of this process (a starved machine; see the clean test)
+    freezes = [e for e in report.events if e.type == "freeze_start"]
+    assert freezes and freezes[-1].t_s == pytest.approx(2.5, abs=0.3), freezes
+    assert float(freezes[-1].detail["duration_ms"]) == pytest.approx(1500, abs=300)
+    others = [e for e in stalls.unexplained_freezes(report) if e is not freezes[-1]]
+    assert others == [], (others, stalls.intervals)
 
 
 async def test_resolution_switch_shows_in_timeline_at_the_rooms_switch_time() -> None:
@@ -413,9 +420,10 @@ async def test_content_freeze_shows_as_repeated_markers_not_as_a_w3c_freeze() ->
     # (frame arrival) sees nothing; the marker sees the same frame repeated, as the room recorded
     scenario = {"rooms": [small("stuck")], "impairments": [{"room_at_ms": 2500, "repeat_ms": 1500}]}
     config = parse_scenario(scenario).server_config()
-    async with RoomServer(config) as server:
+    async with RoomServer(config) as server, LoopStalls() as stalls:
         report = await run_session(ProbeOptions(url=server.whep_url("stuck"), duration_s=6))
         truth = server.rooms["stuck"].truth()
+    stalls.add_room_truth(truth)
     v = report.summary.video
     assert report.failure is None and v is not None
     (stuck,) = truth["content_freezes"]
@@ -424,7 +432,8 @@ async def test_content_freeze_shows_as_repeated_markers_not_as_a_w3c_freeze() ->
     # every repeated frame the room sent was decoded and recognised as a repeat (a frame may be lost
     # to a decode-queue race at most rarely; none is lost on loopback)
     assert v.marker_repeated_frames == pytest.approx(stuck["frames_repeated"], abs=2)
-    assert v.freezeCount == 0  # frames kept coming: not a W3C freeze
+    # frames kept coming: not a W3C freeze (one only a stall of this process explains does not count)
+    assert stalls.unexplained_freezes(report) == [], stalls.intervals
     repeats = [e for e in report.events if e.type == "marker_repeat"]
     assert len(repeats) == 1 and v.marker_freeze_count == 1
     held_ms = float(repeats[0].detail["duration_ms"])
