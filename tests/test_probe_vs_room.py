@@ -324,8 +324,13 @@ async def test_resolution_switch_shows_in_timeline_at_the_rooms_switch_time() ->
         v = report.summary.video
         assert v is not None
         sizes = [(c.width, c.height) for c in v.resolution_timeline]
+        # (a fresh-tree full run once saw only 360p from the no-decode probe on a starved machine, cause
+        # not known: the message carries what would tell)
+        why = (decode, v.resolution_timeline, report.summary.join, v.keyframesReceived, v.framesReceived,
+               report.summary.host_stalls, truth["resolution_changes"], truth.get("first_keyframe"),
+               [e for e in report.events if e.type in ("resolution_change", "host_stall", "freeze_start")][:20])
         assert sizes == [(c["width"], c["height"]) for c in truth["resolution_changes"]] == [
-            (1280, 720), (640, 360)]
+            (1280, 720), (640, 360)], why
         switch_sent = truth["resolution_changes"][1]["t_ms"] - started_ms(report)
         assert v.resolution_timeline[1].t_s * 1000 == pytest.approx(switch_sent, abs=250)
         assert 0.3 < (v.hd_share or 0) < 0.7
@@ -434,10 +439,22 @@ async def test_content_freeze_shows_as_repeated_markers_not_as_a_w3c_freeze() ->
     assert v.marker_repeated_frames == pytest.approx(stuck["frames_repeated"], abs=2)
     # frames kept coming: not a W3C freeze (one only a stall of this process explains does not count)
     assert stalls.unexplained_freezes(report) == [], stalls.intervals
+    # The marker's freeze rule runs over the times the content changed, so a gap in frame arrival is a
+    # marker freeze too: the one over the room's content freeze is the finding, any other must be an
+    # arrival gap the report also has as a W3C freeze (which the line above tied to a stall)
+    t0 = started_ms(report)
+
+    def span(e: Any) -> tuple[float, float]:
+        return t0 + e.t_s * 1000, t0 + e.t_s * 1000 + float(e.detail["duration_ms"])
+
     repeats = [e for e in report.events if e.type == "marker_repeat"]
-    assert len(repeats) == 1 and v.marker_freeze_count == 1
-    held_ms = float(repeats[0].detail["duration_ms"])
+    (held,) = [e for e in repeats if span(e)[0] < stuck["end_ms"] and span(e)[1] > stuck["start_ms"]]
+    gaps = [span(e) for e in report.events if e.type == "freeze_start"]
+    others = [e for e in repeats if e is not held and not any(a < span(e)[1] and b > span(e)[0] for a, b in gaps)]
+    assert others == [], (repeats, gaps)
+    assert v.marker_freeze_count == len(repeats)
+    held_ms = float(held.detail["duration_ms"])
     # the content stood still from the held frame to the first fresh one (capture times in the truth)
     assert held_ms == pytest.approx(stuck["end_ms"] - stuck["start_ms"], abs=150)
-    assert v.marker_frozen_s == pytest.approx(held_ms / 1000, abs=0.01)
-    assert repeats[0].t_s * 1000 == pytest.approx(stuck["start_ms"] - started_ms(report), abs=300)
+    assert v.marker_frozen_s == pytest.approx(sum(float(e.detail["duration_ms"]) for e in repeats) / 1000, abs=0.01)
+    assert held.t_s * 1000 == pytest.approx(stuck["start_ms"] - t0, abs=300)
