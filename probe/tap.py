@@ -6,7 +6,8 @@ entry, so the probe observes the receiver itself, per instance (no global patchi
 - every RTCP packet it sends → NACK and PLI counts;
 - every complete encoded frame the jitter buffer hands to the decoder (its decoder queue is replaced
   by ``_TapQueue``, whose ``put`` runs on the event loop) → assembled frames, keyframes, and in
-  no-decode mode the frame size read from the bitstream instead of decoding.
+  no-decode mode the frame size read from the bitstream instead of decoding (from the first keyframe
+  on: before it a decoder has nothing to show and asks for a keyframe, and so does the tap).
 Audio frames are counted at assembly and never decoded (nothing here needs PCM).
 
 Decode mode decodes video in a thread of its own per receiver with FFmpeg's native VP8/H.264 decoders,
@@ -261,6 +262,10 @@ class ReceiverTap:
         self.on_first_rtp = on_first_rtp
         self._first_rtp = False
         self.decoder: FrameDecoder | None = None
+        self.keyframe_seen = False
+        """No-decode mode: a keyframe has been assembled (frames before it cannot be shown)."""
+        self.undecodable_frames = 0
+        """No-decode mode: frames assembled before the first keyframe, not shown."""
         self.nack_task: asyncio.Task[None] | None = None
         self.media_ssrc: int | None = None
         self.remb = RembThrottle()
@@ -367,6 +372,16 @@ class ReceiverTap:
         self.on_assembled("video", info, now)
         track_queue: asyncio.Queue[Any] = self.receiver._track._queue
         if not self.decode:
+            if not self.keyframe_seen:
+                if not info.keyframe:
+                    # what a decoder does with an interframe before any keyframe: nothing to show, and an
+                    # error that makes the receiver send a PLI (without it a lost join keyframe left
+                    # no-decode probes waiting for the sender's next periodic one, counting undecodable
+                    # frames as shown)
+                    self.undecodable_frames += 1
+                    self.receiver._RTCRtpReceiver__decoder_error.set()
+                    return
+                self.keyframe_seen = True
             track_queue.put_nowait(UndecodedFrame(info.width, info.height, info.keyframe))
             return
         if self.decoder is None:

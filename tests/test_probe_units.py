@@ -229,3 +229,45 @@ def test_drive_runs_a_coroutine_in_place_or_finishes_it_as_a_task() -> None:
         assert log == ["ran", "start", "end"]  # the rest ran as a task
 
     asyncio.run(main())
+
+
+# --- no-decode mode: what a decoder could show -----------------------------------------------------
+def test_no_decode_shows_nothing_before_the_first_keyframe_and_asks_for_one() -> None:
+    """An interframe before any keyframe cannot be decoded: a decoder shows nothing and its error makes
+    aiortc's receiver send a PLI. The no-decode tap does the same with real VP8 frames in a real aiortc
+    receiver (its transport a stand-in: nothing is sent here)."""
+    from types import SimpleNamespace
+
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
+
+    from probe.tap import ReceiverTap, UndecodedFrame
+
+    enc = av.CodecContext.create("libvpx", "w")
+    enc.width, enc.height, enc.pix_fmt = 640, 360, "yuv420p"
+    enc.time_base = fractions.Fraction(1, 30)
+    enc.options = {"deadline": "realtime", "cpu-used": "8"}
+    packets = []
+    for i in range(3):
+        f = av.VideoFrame.from_ndarray(np.full((540, 640), 60 + i, np.uint8), format="yuv420p")
+        f.pts = i
+        packets += [bytes(p) for p in enc.encode(f)]
+    key, inter = packets[0], packets[1]
+    assert frame_info("VP8", key).keyframe and not frame_info("VP8", inter).keyframe
+
+    receiver = RTCRtpReceiver("video", SimpleNamespace(state="new"))
+    receiver._track = RemoteStreamTrack(kind="video")  # type: ignore[attr-defined]
+    assembled: list[bool] = []
+    tap = ReceiverTap(receiver, "video", decode=False, now_ms=lambda: 0.0, counters={},
+                      on_assembled=lambda _k, info, _t: assembled.append(info.keyframe), on_first_rtp=lambda _: None)
+    error = receiver._RTCRtpReceiver__decoder_error  # type: ignore[attr-defined]
+    queue = receiver._track._queue  # type: ignore[attr-defined]
+    tap.on_encoded_frame("VP8", inter, 0)  # the join keyframe was lost: an interframe comes first
+    assert queue.empty() and error.is_set() and tap.undecodable_frames == 1
+    error.clear()
+    for data in (key, inter):
+        tap.on_encoded_frame("VP8", data, 0)
+    shown = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert [(type(s), s.keyframe, s.width) for s in shown] == [
+        (UndecodedFrame, True, 640), (UndecodedFrame, False, None)]
+    assert not error.is_set() and tap.undecodable_frames == 1
+    assert assembled == [False, True, False]  # every frame is still counted as received
