@@ -9,9 +9,10 @@ every session's receive path runs on, asking to wake every ``TICK_S``; a wake-up
 
 One monitor serves every session on a loop (a fleet process runs hundreds of sessions; one timer costs
 ~50 wake-ups per second in total, not per session). Sessions read the stalls inside their own window.
-The loop cannot see a thread of its own process starve while it runs: the video decoder thread records
-those episodes itself (``probe.tap.FrameDecoder.lags``: a frame held ≥ ``THRESHOLD_MS`` from submission
-to decoded), and :func:`merge` joins both sources into one list of host stalls.
+The loop cannot see a thread of its own process starve while it runs: the decode path records those
+episodes itself (``probe.tap.DecodeLag``: a video frame held ≥ ``THRESHOLD_MS`` from leaving the jitter
+buffer complete to its decoded picture reaching the session), and :func:`merge` joins both sources into
+one list of host stalls.
 """
 
 from __future__ import annotations

@@ -351,7 +351,7 @@ class AudioSummary(_Record):
 @dataclass(frozen=True)
 class HostStalls(_Record):
     """Stalls of the probe's own process during the session (``probe/hoststalls.py``): times its event loop
-    woke ≥ 100 ms late, and times its video decoder thread held a frame ≥ 100 ms (merged where they
+    woke ≥ 100 ms late, and times its video decode path held a frame ≥ 100 ms (merged where they
     overlap). A freeze inside one may be the probe's own doing, not the stream's."""
 
     count: int
@@ -365,8 +365,9 @@ class HostStalls(_Record):
     frozen_s_during: float = 0.0
     """Their total duration, seconds (part of ``video.totalFreezesDuration``)."""
     decoder_count: int = 0
-    """Of the stalls, those in which the video decoder thread held a frame ≥ 100 ms: the thread was starved
-    (of CPU or of the GIL) whether or not the event loop was (0 in no-decode mode, which has no decoder)."""
+    """Of the stalls, those in which the video decode path held a frame ≥ 100 ms (complete frame → decoded
+    picture in the session): the decoder thread or the hand-back was starved (of CPU or of the GIL),
+    whether or not the event loop was (0 in no-decode mode, which has no decoder)."""
 
     def __post_init__(self) -> None:
         _int(self.count, "count", optional=False)

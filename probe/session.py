@@ -219,6 +219,8 @@ class Session:
                     w, h = self.video.size
                 self.video.on_frame(t, w, h, None, None)
             else:
+                if self.video_tap is not None:
+                    self.video_tap.decode_lag.rendered(frame.pts, t)
                 mk = _read_marker(frame)
                 wall = self.wall_clock() * 1000.0 if mk is not None else None
                 self.video.on_frame(t, frame.width, frame.height, mk, wall)
@@ -420,12 +422,12 @@ class Session:
 
     def _host_stalls(self, end_ms: float) -> HostStalls:
         """The probe's own stalls inside [t0, end]: its event loop's (``probe/hoststalls.py``) and its video
-        decoder thread's (``FrameDecoder.lags``), merged; marks each freeze that overlaps one (``host_stall``
+        decode path's (``probe.tap.DecodeLag``), merged; marks each freeze that overlaps one (``host_stall``
         in its events' detail) and adds a ``host_stall`` event per stall, naming its sources."""
         loop = [((s - self.t0) * 1000.0, (e - self.t0) * 1000.0)
                 for s, e in self.host_monitor.between(self.t0, self.t0 + end_ms / 1000.0)]
-        decoder = self.video_tap.decoder if self.video_tap is not None else None
-        lags = [(s, e) for s, e in (decoder.lags if decoder is not None else ()) if e > 0.0 and s < end_ms]
+        lags = [(s, e) for s, e in (self.video_tap.decode_lag.stalls if self.video_tap is not None else ())
+                if e > 0.0 and s < end_ms]
         merged = merge_stalls({"loop": loop, "decoder": lags})
         stalls = [(s, e) for s, e, _ in merged]
         freezes_during, frozen_ms_during = 0, 0.0

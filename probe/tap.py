@@ -42,7 +42,7 @@ import fractions
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -140,41 +140,56 @@ class RembThrottle:
         return True
 
 
-class FrameDecoder:
-    """Decodes one receiver's video frames in a thread; decoded frames go to the track's queue.
+class DecodeLag:
+    """How long the probe's own decode path held each video frame: from the frame leaving the jitter
+    buffer complete (``assembled``) to the decoded frame reaching the session (``rendered``), matched by
+    RTP timestamp. A decode costs 2-3 ms, so a frame held ``THRESHOLD_MS`` or more means the decoder
+    thread, or the hand-back to the event loop, could not run: a host stall the loop's own monitor cannot
+    always see (a thread starved of CPU or of the GIL while the loop ran), which renders the frames it
+    delays late, as a freeze no viewer had. ``stalls``: merged (start, end) intervals, session ms."""
 
-    ``lags``: when the thread held a frame for ``THRESHOLD_MS`` or more between its submission and the end
-    of its decode, as merged (start, end) intervals on ``now_ms``. A decode costs ~2-3 ms, so such a lag
-    means the thread could not run (starved of CPU or of the GIL) while the event loop did: a host stall
-    the loop's own monitor cannot see, and the frames it delays render late, as a freeze no viewer had.
-    """
+    def __init__(self) -> None:
+        self._pending: OrderedDict[int, float] = OrderedDict()
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=LAGS_KEPT)
+
+    def assembled(self, timestamp: int, t_ms: float) -> None:
+        self._pending[timestamp] = t_ms
+        while len(self._pending) > PENDING_KEPT:  # frames the decoder rejected never come back
+            self._pending.popitem(last=False)
+
+    def rendered(self, timestamp: int | None, t_ms: float) -> None:
+        start = self._pending.pop(timestamp, None) if timestamp is not None else None
+        if start is None or t_ms - start < THRESHOLD_MS:
+            return
+        if self.stalls and start <= self.stalls[-1][1]:  # the backlog of one episode: one interval
+            s, e = self.stalls[-1]
+            self.stalls[-1] = (s, max(e, t_ms))
+        else:
+            self.stalls.append((start, t_ms))
+
+
+PENDING_KEPT = 256
+"""Frames awaiting their decode, at most (~8 s at 30 fps)."""
+
+
+class FrameDecoder:
+    """Decodes one receiver's video frames in a thread; decoded frames go to the track's queue, their
+    ``pts`` the frame's RTP timestamp (``DecodeLag`` matches them with their assembly by it)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, output: asyncio.Queue[Any], error: threading.Event,
-                 *, skip_loop_filter: bool = False, now_ms: Callable[[], float] | None = None) -> None:
+                 *, skip_loop_filter: bool = False) -> None:
         self._loop = loop
         self._options = {"skip_loop_filter": "all"} if skip_loop_filter else {}
         self._output = output
         self._error = error
-        self._now_ms = now_ms or (lambda: time.monotonic() * 1000.0)
-        self.lags: deque[tuple[float, float]] = deque(maxlen=LAGS_KEPT)
         self.before_decode: Callable[[], None] | None = None
         """Runs in the decoder thread before each decode (tests starve the thread with it)."""
-        self._input: queue.SimpleQueue[tuple[str, bytes, int, float] | None] = queue.SimpleQueue()
+        self._input: queue.SimpleQueue[tuple[str, bytes, int] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="probe-video-decoder", daemon=True)
         self._thread.start()
 
     def submit(self, codec_name: str, data: bytes, timestamp: int) -> None:
-        self._input.put((codec_name, data, timestamp, self._now_ms()))
-
-    def _lagged(self, submitted: float) -> None:
-        done = self._now_ms()
-        if done - submitted < THRESHOLD_MS:
-            return
-        if self.lags and submitted <= self.lags[-1][1]:  # the backlog of one episode: one interval
-            start, end = self.lags[-1]
-            self.lags[-1] = (start, max(end, done))
-        else:
-            self.lags.append((submitted, done))
+        self._input.put((codec_name, data, timestamp))
 
     def stop(self) -> None:
         self._input.put(None)
@@ -183,7 +198,7 @@ class FrameDecoder:
         context: Any = None
         current = None
         while (item := self._input.get()) is not None:
-            codec_name, data, timestamp, submitted = item
+            codec_name, data, timestamp = item
             if self.before_decode is not None:
                 self.before_decode()
             if codec_name != current:
@@ -203,8 +218,6 @@ class FrameDecoder:
             except av.FFmpegError:
                 self._error.set()  # aiortc's receiver turns this into a PLI
                 continue
-            finally:
-                self._lagged(submitted)
             for frame in frames:
                 if not self._deliver(frame):
                     return
@@ -262,6 +275,7 @@ class ReceiverTap:
         self.on_first_rtp = on_first_rtp
         self._first_rtp = False
         self.decoder: FrameDecoder | None = None
+        self.decode_lag = DecodeLag()
         self.keyframe_seen = False
         """No-decode mode: a keyframe has been assembled (frames before it cannot be shown)."""
         self.undecodable_frames = 0
@@ -387,5 +401,6 @@ class ReceiverTap:
         if self.decoder is None:
             self.decoder = FrameDecoder(asyncio.get_running_loop(), track_queue,
                                         self.receiver._RTCRtpReceiver__decoder_error,
-                                        skip_loop_filter=self.skip_loop_filter, now_ms=self.now_ms)
+                                        skip_loop_filter=self.skip_loop_filter)
+        self.decode_lag.assembled(timestamp, now)
         self.decoder.submit(codec_name, data, timestamp)
