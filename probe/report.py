@@ -58,6 +58,7 @@ EVENT_TYPES = frozenset(
         "marker_skip",
         "connection_state",
         "host_stall",
+        "audio_gap",
         "reconnect",
         "failure",
     }

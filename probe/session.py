@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -95,6 +95,8 @@ class _AudioStats:
     last_ms: float | None = None
     gaps: int = 0
     gap_ms: float = 0.0
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    """``audio_gap`` events: (start s, type, {"duration_ms"})."""
 
     def on_frame(self, t_ms: float) -> None:
         if self.first_ms is None:
@@ -102,6 +104,7 @@ class _AudioStats:
         elif self.last_ms is not None and t_ms - self.last_ms > AUDIO_GAP_MS:
             self.gaps += 1
             self.gap_ms += t_ms - self.last_ms
+            self.events.append((self.last_ms / 1000.0, "audio_gap", {"duration_ms": round(t_ms - self.last_ms, 1)}))
         self.last_ms = t_ms
         self.frames += 1
 
@@ -403,7 +406,7 @@ class Session:
             unavailable=self._unavailable(end_ms),
             host_stalls=self._host_stalls(end_ms),
         )
-        events = sorted(self.events + self.video.events, key=lambda e: e[0])
+        events = sorted(self.events + self.video.events + self.audio.events, key=lambda e: e[0])
         return Report(
             report_id=str(uuid.uuid4()),
             probe_id=self.opts.probe_id,
@@ -422,8 +425,9 @@ class Session:
 
     def _host_stalls(self, end_ms: float) -> HostStalls:
         """The probe's own stalls inside [t0, end]: its event loop's (``probe/hoststalls.py``) and its video
-        decode path's (``probe.tap.DecodeLag``), merged; marks each freeze that overlaps one (``host_stall``
-        in its events' detail) and adds a ``host_stall`` event per stall, naming its sources."""
+        decode path's (``probe.tap.DecodeLag``), merged; marks each freeze that overlaps one, and each audio gap
+        that overlaps a loop stall (``host_stall`` in their events' detail), and adds a ``host_stall`` event
+        per stall, naming its sources."""
         loop = [((s - self.t0) * 1000.0, (e - self.t0) * 1000.0)
                 for s, e in self.host_monitor.between(self.t0, self.t0 + end_ms / 1000.0)]
         lags = [(s, e) for s, e in (self.video_tap.decode_lag.stalls if self.video_tap is not None else ())
@@ -438,6 +442,10 @@ class Session:
                 for t, typ, detail in self.video.events:
                     if typ == "freeze_start" and t == f.start_ms / 1000.0:
                         detail["host_stall"] = True
+        for t, _typ, detail in self.audio.events:  # audio is never decoded: only the loop's stalls count
+            gap_end = t * 1000.0 + float(cast(float, detail["duration_ms"]))
+            if any(s < gap_end and e > t * 1000.0 for s, e in loop):
+                detail["host_stall"] = True
         for s, e, sources in merged:
             self.events.append((max(0.0, s) / 1000.0, "host_stall",
                                 {"duration_ms": round(e - s, 1), "source": "+".join(sources)}))

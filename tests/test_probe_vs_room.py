@@ -102,7 +102,14 @@ async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> N
     assert abs(st.packetsReceived - sent) <= 10
     assert st.packetsLost == 0 and st.loss_pct == 0.0
     audio = report.summary.audio
-    assert audio is not None and audio.framesReceived > 200 and audio.gapCount == 0
+    assert audio is not None and audio.framesReceived > 200
+    # an audio gap, like a freeze, only where this process stalled (the probe flags its own loop's stalls)
+    t0 = started_ms(report)
+    gaps = [e for e in report.events if e.type == "audio_gap"]
+    assert len(gaps) == audio.gapCount
+    unexplained_gaps = [e for e in gaps if not e.detail.get("host_stall") and not stalls.overlaps(
+        t0 + e.t_s * 1000, t0 + e.t_s * 1000 + float(e.detail["duration_ms"]))]
+    assert unexplained_gaps == [], (gaps, stalls.intervals)
 
 
 def _stall_covering(report: Report, start_wall_ms: float, end_wall_ms: float) -> Any:
@@ -273,25 +280,30 @@ async def test_scheduled_freezes_are_counted_with_their_durations() -> None:
     assert v is not None
     t0 = started_ms(report)
 
-    def scheduled(e: Any) -> bool:  # the freeze overlaps one the room made (its truth, wall clock)
-        start = t0 + e.t_s * 1000
-        end = start + float(e.detail["duration_ms"])
-        return any(f["start_ms"] < end and f["end_ms"] > start for f in truth["freezes"])
+    def span(e: Any) -> tuple[float, float]:
+        return t0 + e.t_s * 1000, t0 + e.t_s * 1000 + float(e.detail["duration_ms"])
 
-    freezes = [e for e in report.events if e.type == "freeze_start" and scheduled(e)]
-    assert len(freezes) == 2 == len(truth["freezes"]), (freezes, truth["freezes"])
+    def scheduled(e: Any) -> bool:  # the freeze overlaps one the room made (its truth, wall clock)
+        return any(f["start_ms"] < span(e)[1] and f["end_ms"] > span(e)[0] for f in truth["freezes"])
+
+    assert len(truth["freezes"]) == 2, truth["freezes"]
+    starts = [e for e in report.events if e.type == "freeze_start"]
+    for f in truth["freezes"]:
+        over = [e for e in starts if f["start_ms"] < span(e)[1] and f["end_ms"] > span(e)[0]]
+        assert over, (f, starts)
+        gap = f["end_ms"] - f["start_ms"]
+        # timing is exact when this process (room and probe) did not stall around the freeze; a stall there
+        # can split the freeze in two or lengthen it (never shorten it)
+        if not stalls.overlaps(f["start_ms"] - 300, f["end_ms"] + 300):
+            (e,) = over
+            assert float(e.detail["duration_ms"]) == pytest.approx(gap, abs=120), (gap, e)
+            # the freeze starts where the room stopped sending (relative to the probe's t0)
+            assert e.t_s * 1000 == pytest.approx(f["start_ms"] - t0, abs=150)
+        else:
+            assert max(float(e.detail["duration_ms"]) for e in over) >= gap - 120 or len(over) > 1, (gap, over)
     # any other freeze must be a stall of this shared process (see the clean test)
     others = [e for e in stalls.unexplained_freezes(report) if not scheduled(e)]
     assert others == [], (others, stalls.intervals)
-    true_gaps = [f["end_ms"] - f["start_ms"] for f in truth["freezes"]]
-    measured = [float(e.detail["duration_ms"]) for e in freezes]
-    for gap, got in zip(true_gaps, measured, strict=True):
-        assert got == pytest.approx(gap, abs=120), (true_gaps, measured)
-    if v.freezeCount == 2:
-        assert v.totalFreezesDuration == pytest.approx(sum(true_gaps) / 1000, abs=0.2)
-    # each freeze starts where the room stopped sending (relative to the probe's t0)
-    for f, e in zip(truth["freezes"], freezes, strict=True):
-        assert e.t_s * 1000 == pytest.approx(f["start_ms"] - t0, abs=150)
     assert v.stall_ratio == pytest.approx(v.totalFreezesDuration / v.watch_time_s, rel=0.01)
 
 
