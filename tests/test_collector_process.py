@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import duckdb
@@ -164,9 +165,29 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _log_objects(text: str) -> list[dict[str, Any]]:
+    """Every JSON object in a log that killed processes also wrote to: a process killed with SIGKILL can
+    leave its last line without its newline (a CI run saw the restarted collector's first line glued to
+    it), so objects are read one after another, skipping any cut short."""
+    dec = json.JSONDecoder()
+    out: list[dict[str, Any]] = []
+    for ln in text.splitlines():
+        i = ln.find("{")
+        while i >= 0:
+            try:
+                obj, end = dec.raw_decode(ln, i)
+            except ValueError:
+                i = ln.find("{", i + 1)
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+            i = ln.find("{", end)
+    return out
+
+
 def _recovered_rows(log: Path) -> int:
     """``recovered_staged_rows`` of the last ``store_open`` line."""
-    opened = [json.loads(ln) for ln in log.read_text().splitlines() if '"store_open"' in ln]
+    opened = [o for o in _log_objects(log.read_text()) if o.get("event") == "store_open"]
     return int(opened[-1]["recovered_staged_rows"])
 
 
