@@ -59,26 +59,25 @@ class GroupCommitWriter:
         await self._queue.put((job, fut))
         return await asyncio.shield(fut)
 
+    def _take_queued(self, group: list[tuple[WriteJob, asyncio.Future[InsertResult]]]) -> None:
+        """Add already queued jobs to ``group`` while it holds fewer than ``max_rows`` rows."""
+        rows = sum(job.size for job, _ in group)
+        while rows < self._max_rows and not self._queue.empty():
+            item = self._queue.get_nowait()
+            group.append(item)
+            rows += item[0].size
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            group = [first]
-            rows = first[0].size
-            while rows < self._max_rows and not self._queue.empty():
-                item = self._queue.get_nowait()
-                group.append(item)
-                rows += item[0].size
-            if self._linger_s and len(group) == 1 and rows < self._max_rows:
+            group = [await self._queue.get()]
+            self._take_queued(group)
+            if self._linger_s and len(group) == 1 and group[0][0].size < self._max_rows:
                 # alone: wait a little for a second request, so one commit's fixed cost serves both
                 with contextlib.suppress(TimeoutError):
-                    item = await asyncio.wait_for(self._queue.get(), self._linger_s)
-                    group.append(item)
-                    rows += item[0].size
-                while rows < self._max_rows and not self._queue.empty():
-                    item = self._queue.get_nowait()
-                    group.append(item)
-                    rows += item[0].size
+                    group.append(await asyncio.wait_for(self._queue.get(), self._linger_s))
+                self._take_queued(group)
+            rows = sum(job.size for job, _ in group)
             jobs = [j for j, _ in group]
             t0 = self._clock()
             try:

@@ -232,13 +232,14 @@ def _machine_watch(stop: Any, out: mp.Queue) -> None:  # type: ignore[type-arg]
     out.put(gaps)
 
 
-def _in_stalls(starts: list[float], latencies: list[float],
-               stalls: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    """Latencies of batches whose flight overlaps a machine stall, and of the others."""
+def _split_by_overlap(starts: list[float], latencies: list[float],
+                      intervals: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Latencies of batches whose flight [start, start + latency] overlaps one of ``intervals`` (wall-clock
+    seconds), and of the others."""
     hit: list[float] = []
     clear: list[float] = []
     for t, lat in zip(starts, latencies, strict=True):
-        (hit if any(t < e and t + lat > s for s, e in stalls) else clear).append(lat)
+        (hit if any(t < e and t + lat > s for s, e in intervals) else clear).append(lat)
     return hit, clear
 
 
@@ -246,17 +247,6 @@ CKPT_BEFORE_S = 0.6
 """A checkpoint is seen when it ends (the WAL truncates); the longest take ~0.5 s."""
 CKPT_AFTER_S = 0.3
 """The backlog a checkpoint leaves takes a while to drain."""
-
-
-def _near_checkpoints(starts: list[float], latencies: list[float],
-                      ends: list[float]) -> tuple[list[float], list[float]]:
-    """Latencies of batches in flight around a checkpoint, and of the others (wall-clock seconds)."""
-    near: list[float] = []
-    away: list[float] = []
-    for t, lat in zip(starts, latencies, strict=True):
-        hit = any(t < e + CKPT_AFTER_S and t + lat > e - CKPT_BEFORE_S for e in ends)
-        (near if hit else away).append(lat)
-    return near, away
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -398,14 +388,15 @@ def main() -> int:
             f"{series('streamqoe_store_moved_rows_total') or 0:,.0f} rows moved"
         )
     if wal.times:
-        near, away = _near_checkpoints(res["starts"], lat, wal.times)
+        around = [(e - CKPT_BEFORE_S, e + CKPT_AFTER_S) for e in wal.times]
+        near, away = _split_by_overlap(res["starts"], lat, around)
         print(
             f"\nack latency around checkpoints (a batch in flight from {CKPT_BEFORE_S} s before a checkpoint's end "
             f"to {CKPT_AFTER_S} s after): {len(near):,} batches ({100 * len(near) / max(1, len(lat)):.1f} %), "
             f"p50 {_pct(near, 0.5) * 1000:.1f} ms, p99 {_pct(near, 0.99) * 1000:.1f} ms; the other {len(away):,}: "
             f"p50 {_pct(away, 0.5) * 1000:.1f} ms, p99 {_pct(away, 0.99) * 1000:.1f} ms"
         )
-    hit, clear = _in_stalls(res["starts"], lat, machine_stalls)
+    hit, clear = _split_by_overlap(res["starts"], lat, machine_stalls)
     longest = max((e - s for s, e in machine_stalls), default=0.0)
     print(
         f"\nmachine stalls (a 1 ms sleeper process woke ≥ {MACHINE_STALL_MS:.0f} ms late): {len(machine_stalls)}, "
