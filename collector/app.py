@@ -35,7 +35,8 @@ from collector.state import (
     WRITER,
     request_token,
 )
-from collector.store import MaintenanceRun, Store
+from collector.store import MaintenanceRun, Store, StoreAPI
+from collector.store_process import StoreClient, StoreProcessError
 from collector.writer import GroupCommitWriter
 
 log = structlog.get_logger()
@@ -88,6 +89,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         except asyncio.CancelledError:
             status = 499  # client went away; nonstandard code, for the log line only
             raise
+        except StoreProcessError as e:  # the store process died under this request; the next one restarts it
+            error = str(e)
+            resp = web.json_response(
+                {"error": f"store unavailable ({e}); nothing of this request was acknowledged, retry it",
+                 "request_id": rid}, status=503, headers={"Retry-After": "1"})  # fmt: skip
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             resp = web.json_response({"error": "internal error", "request_id": rid}, status=500)
@@ -133,24 +139,6 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
-    opener = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        store = await loop.run_in_executor(
-            opener,
-            lambda: Store(
-                cfg.db_path,
-                checkpoint_wal_bytes=cfg.checkpoint_wal_bytes,
-                wall_ms=app[WALL_MS],
-                threads=cfg.store_threads,
-            ),
-        )
-    finally:
-        opener.shutdown()
-    app[STORE] = store
-
-    def on_commit(rows: int, seconds: float) -> None:
-        metrics.commit.observe((), seconds)
-        metrics.group_rows.observe((), rows)
 
     def on_maintenance(run: MaintenanceRun) -> None:  # on the maintenance thread: hand over to the loop
         loop.call_soon_threadsafe(record_maintenance, run)
@@ -161,12 +149,32 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.diverted.observe((), run.diverted_s)
         metrics.moved_rows.inc((), run.moved_rows)
 
+    def open_store() -> StoreAPI:
+        if cfg.store_process:
+            return StoreClient(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, threads=cfg.store_threads,
+                               wall_ms=app[WALL_MS], on_maintenance=on_maintenance)  # fmt: skip
+        return Store(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, wall_ms=app[WALL_MS],
+                     threads=cfg.store_threads)  # fmt: skip
+
+    opener = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        store = await loop.run_in_executor(opener, open_store)
+    finally:
+        opener.shutdown()
+    app[STORE] = store
+
+    def on_commit(rows: int, seconds: float) -> None:
+        metrics.commit.observe((), seconds)
+        metrics.group_rows.observe((), rows)
+
     writer = GroupCommitWriter(store, max_rows=cfg.group_commit_max_rows, linger_s=cfg.group_commit_linger_ms / 1000,
                                on_commit=on_commit)
     writer.start()
     app[WRITER] = writer
-    maintainer = StoreMaintainer(store, on_run=on_maintenance)
-    maintainer.start()
+    # a store in its own process checkpoints there
+    maintainer = StoreMaintainer(store, on_run=on_maintenance) if isinstance(store, Store) else None
+    if maintainer is not None:
+        maintainer.start()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
     app[READ_POOL] = pool
     for row in await loop.run_in_executor(pool, store.latest_probe_qoe):
@@ -179,7 +187,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await writer.stop()
-        await loop.run_in_executor(None, maintainer.stop)
+        if maintainer is not None:
+            await loop.run_in_executor(None, maintainer.stop)
         pool.shutdown(wait=True)
         await loop.run_in_executor(None, store.close)
         log.info("store_closed", path=cfg.db_path)

@@ -52,10 +52,28 @@ def parse_events(body: bytes, content_type: str, max_items: int) -> Packed:
         return ("api", e.status, e.message, e.item, e.field, 0)
     except BatchError as e:
         return ("batch", e.index, str(e), e.items)
+    return ("ok", *pack_columns(cols))
+
+
+def pack_columns(cols: EventColumns) -> Packed:
+    """Validated columns in a form that pickles fast: ``(n, strings, numbers)``, each string column one
+    string joined by ``\\x00`` (``\\x01`` = None), numeric columns as they are (``unpack_columns``)."""
     c = cols.columns
     strings = {k: _SEP.join([_NONE if v is None else v for v in c[k].tolist()]) for k in _STRINGS}
     numbers = {k: v for k, v in c.items() if k not in strings}
-    return ("ok", cols.n, strings, numbers)
+    return (cols.n, strings, numbers)
+
+
+def unpack_columns(packed: Packed) -> EventColumns:
+    """The columns ``pack_columns`` packed."""
+    n, strings, numbers = packed
+    out: dict[str, Any] = dict(numbers)
+    for k, s in strings.items():
+        vals: list[Any] = s.split(_SEP) if n else []
+        if _NONE in s:
+            vals = [None if v == _NONE else v for v in vals]
+        out[k] = np.array(vals, dtype=object)
+    return EventColumns(n, {k: out[k] for k in ROW_FIELDS})
 
 
 def unpack(packed: Packed) -> tuple[int, EventColumns]:
@@ -67,14 +85,8 @@ def unpack(packed: Packed) -> tuple[int, EventColumns]:
     if tag == "batch":
         _, index, message, n = packed
         raise BatchError(index, message, items=n)
-    _, n, strings, numbers = packed
-    out: dict[str, Any] = dict(numbers)
-    for k, s in strings.items():
-        vals: list[Any] = s.split(_SEP)
-        if _NONE in s:
-            vals = [None if v == _NONE else v for v in vals]
-        out[k] = np.array(vals, dtype=object)
-    return n, EventColumns(n, {k: out[k] for k in ROW_FIELDS})
+    cols = unpack_columns(packed[1:])
+    return cols.n, cols
 
 
 class ParsePool:

@@ -11,13 +11,13 @@ from collector.auth import TokenTable
 from collector.config import CollectorConfig, Token
 from collector.instruments import CollectorMetrics
 from collector.parse_pool import ParsePool
-from collector.store import Store
+from collector.store import StoreAPI
 from collector.writer import GroupCommitWriter
 
 CONFIG = web.AppKey("config", CollectorConfig)
 TOKENS = web.AppKey("tokens", TokenTable)
 METRICS = web.AppKey("metrics", CollectorMetrics)
-STORE = web.AppKey("store", Store)
+STORE: web.AppKey[StoreAPI] = web.AppKey("store")
 WRITER = web.AppKey("writer", GroupCommitWriter)
 READ_POOL = web.AppKey("read_pool", concurrent.futures.ThreadPoolExecutor)
 PARSE_POOL = web.AppKey("parse_pool", ParsePool)

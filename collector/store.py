@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -179,6 +179,37 @@ class ResultStream:
             self._on_close(self._cur)  # only once closed: Store.close() closes whatever is left
 
 
+class RowStream(Protocol):
+    """A running query's rows, fetched in batches, then closed."""
+
+    def fetchmany(self, n: int) -> list[tuple[Any, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+class StoreAPI(Protocol):
+    """What the collector uses of its store: ``Store`` in the collector's process, or
+    ``collector.store_process.StoreClient`` in a process of its own."""
+
+    recovered_rows: int
+
+    def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> RowStream: ...
+
+    def ping(self) -> None: ...
+
+    def count(self, table: str) -> int: ...
+
+    def latest_probe_qoe(self) -> list[dict[str, Any]]: ...
+
+    def incidents(self, from_ms: int, to_ms: int) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
 class Store:
     """The collector's database. Write methods must be called from one thread at a time, ``maintain()``
     from one other thread: a file-backed store checkpoints only there (and at ``close()``), so someone must
@@ -254,12 +285,14 @@ class Store:
 
     # -- writes (one thread) ------------------------------------------------------------------------
 
-    def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
+    def write_group(self, jobs: Sequence[WriteJob], now_ms: int | None = None) -> list[InsertResult | BaseException]:
         """Write every job in one transaction (group commit); a failed group is retried job by job.
 
         The transaction goes to the main tables, or to staging while ``maintain()`` checkpoints them.
         Returns one result per job: its new/duplicate counts, or the exception that job raised.
+        ``now_ms``: the ``received_ms`` to stamp (default: the store's wall clock, now).
         """
+        now = self._wall_ms() if now_ms is None else now_ms
         with self._state:
             if self._maint is None or (not self._diverting and self._main.acquire(blocking=False)):
                 dest = _MAIN
@@ -267,15 +300,15 @@ class Store:
                 dest = _Dest(seq=self._staged_seq + 1)
         if dest.seq is None:
             if self._maint is None:
-                return self._write_group(jobs, dest)  # in memory: no checkpoints, no maintain()
+                return self._write_group(jobs, dest, now)  # in memory: no checkpoints, no maintain()
             try:
                 if any(j.kind == "incidents" for j in jobs):
                     self._drain(self._con)  # an upsert: staged (older) versions first, then this one
-                return self._write_group(jobs, dest)
+                return self._write_group(jobs, dest, now)
             finally:
                 self._main.release()
         try:
-            return self._write_group(jobs, dest)
+            return self._write_group(jobs, dest, now)
         finally:
             with self._state:
                 # a failed group stored nothing, and the number is still a valid upper bound
@@ -283,28 +316,28 @@ class Store:
                 self._staging_dirty = True
                 self._state.notify_all()
 
-    def _write_group(self, jobs: Sequence[WriteJob], dest: _Dest) -> list[InsertResult | BaseException]:
+    def _write_group(self, jobs: Sequence[WriteJob], dest: _Dest, now: int) -> list[InsertResult | BaseException]:
         try:
-            return self._transaction(jobs, dest, optimistic=True)
+            return self._transaction(jobs, dest, now, optimistic=True)
         except _KEY_CONFLICT:
             pass  # an event already stored (a client's retry): redo the group with conflict handling
         except Exception:
             if len(jobs) == 1:
                 raise
         try:
-            return self._transaction(jobs, dest, optimistic=False)
+            return self._transaction(jobs, dest, now, optimistic=False)
         except Exception:
             if len(jobs) == 1:
                 raise
         out: list[InsertResult | BaseException] = []
         for job in jobs:
             try:
-                out.extend(self._transaction([job], dest, optimistic=False))
+                out.extend(self._transaction([job], dest, now, optimistic=False))
             except Exception as e:
                 out.append(e)
         return out
 
-    def _transaction(self, jobs: Sequence[WriteJob], dest: _Dest, *,
+    def _transaction(self, jobs: Sequence[WriteJob], dest: _Dest, now: int, *,
                      optimistic: bool) -> list[InsertResult | BaseException]:  # fmt: skip
         # Optimistic events-only groups are one INSERT statement, a transaction of its own (DuckDB's
         # autocommit: committed, WAL synced, or rolled back entirely). Without BEGIN and COMMIT the writer
@@ -315,7 +348,7 @@ class Store:
         try:
             if explicit:
                 self._con.execute("BEGIN TRANSACTION")
-            results: list[InsertResult | BaseException] = list(self._write_jobs(jobs, dest, optimistic))
+            results: list[InsertResult | BaseException] = list(self._write_jobs(jobs, dest, now, optimistic))
             if explicit:
                 self._con.execute("COMMIT")
             return results
@@ -368,8 +401,8 @@ class Store:
             new[owner[k]] += 1
         return new
 
-    def _write_jobs(self, jobs: Sequence[WriteJob], dest: _Dest, optimistic: bool = False) -> list[InsertResult]:
-        now = self._wall_ms()
+    def _write_jobs(self, jobs: Sequence[WriteJob], dest: _Dest, now: int,
+                    optimistic: bool = False) -> list[InsertResult]:  # fmt: skip
         results: list[InsertResult | None] = [None] * len(jobs)
         idx = [i for i, j in enumerate(jobs) if j.kind == "events"]
         if idx:

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import structlog
 
-from collector.store import InsertResult, Store, WriteJob
+from collector.store import InsertResult, StoreAPI, WriteJob
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -25,7 +25,7 @@ T = TypeVar("T")
 class GroupCommitWriter:
     """Serialises every write to ``store`` on one thread, grouping queued jobs (≤ ``max_rows`` rows)."""
 
-    def __init__(self, store: Store, *, max_rows: int = 50_000, linger_s: float = 0.0,
+    def __init__(self, store: StoreAPI, *, max_rows: int = 50_000, linger_s: float = 0.0,
                  on_commit: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self._store = store

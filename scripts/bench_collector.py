@@ -266,6 +266,7 @@ def main() -> int:
     ap.add_argument("--export", action="store_true", help="then time GET /v1/events over everything stored")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
     ap.add_argument("--linger-ms", type=int, default=0, help="the collector's group_commit_linger_ms")
+    ap.add_argument("--store-process", action="store_true", help="the collector's store_process = true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     port = _free_port()
@@ -276,6 +277,7 @@ def main() -> int:
         + f"ingest_workers = {args.ingest_workers}\n"
         + (f"store_threads = {args.store_threads}\n" if args.store_threads else "")
         + (f"group_commit_linger_ms = {args.linger_ms}\n" if args.linger_ms else "")
+        + ("store_process = true\n" if args.store_process else "")
         +
         f'[[tokens]]\nname = "bench"\nrole = "platform"\nsecret = "{TOKEN}"\n'
         f'[[tokens]]\nname = "reader"\nrole = "reader"\nsecret = "{READER}"\n'
@@ -348,6 +350,8 @@ def main() -> int:
         load += f", store_threads {args.store_threads}"
     if args.linger_ms:
         load += f", linger {args.linger_ms} ms"
+    if args.store_process:
+        load += ", store process"
     print(
         "| load | seconds | events/s acked | ack p50 ms | ack p99 ms | collector CPU ms / 1,000 ev (with workers) "
         "| collector cores busy (with workers) | client CPU ms / 1,000 ev | loadavg 1 min (start → end) | errors "

@@ -102,10 +102,13 @@ async def _stream(base: str, worker: int, acked: list[int], stop: asyncio.Event)
 
 
 @pytest.mark.timeout(120)
-async def test_kill_9_loses_no_acknowledged_item_and_no_partial_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_process", [False, True], ids=["in-process", "store-process"])
+async def test_kill_9_loses_no_acknowledged_item_and_no_partial_batch(tmp_path: Path, store_process: bool) -> None:
+    """With ``store_process``, the killed collector's store process finishes what it received and exits;
+    the restarted collector's store process waits for the file and recovers it."""
     port = free_port()
     db = tmp_path / "db.duckdb"
-    cfg = write_config(tmp_path / "c.toml", db, port)
+    cfg = write_config(tmp_path / "c.toml", db, port, store_process=store_process)
     proc = start_collector(cfg, port, tmp_path / "log")
     acked: list[int] = []
     stop = asyncio.Event()

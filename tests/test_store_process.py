@@ -1,0 +1,145 @@
+"""The store in a process of its own (``store_process = true``): the same answers as in-process, through
+the real app; a killed store process is replaced without losing what was acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.app import create_app
+from collector.state import STORE
+from collector.store_process import StoreClient
+from tests.collector_helpers import PLATFORM, PROBE_EU, READER, T0_MS, auth, config, event, report
+
+JSON = {**auth(PLATFORM), "Content-Type": "application/json"}
+
+
+async def _session(client: Any, items: list[dict[str, Any]], extra: list[dict[str, Any]],
+                   rep: dict[str, Any]) -> list[Any]:  # fmt: skip
+    """Writes, retries, a bad batch, reads and an export; every status and body, in order."""
+    out: list[Any] = []
+
+    async def rec(resp: Any) -> None:
+        text = await resp.text()
+        out.append((resp.status, json.loads(text) if resp.content_type == "application/json" else text))
+
+    await rec(await client.post("/v1/events", data=json.dumps(items), headers=JSON))
+    await rec(await client.post("/v1/events", data=json.dumps(items[:10] + extra[:1]), headers=JSON))
+    await rec(await client.post("/v1/events", data=json.dumps(extra[1:]), headers=JSON))
+    for _ in range(2):
+        await rec(await client.post("/v1/reports", json=rep, headers=auth(PROBE_EU)))
+    reader = auth(READER)
+    window = f"from={T0_MS - 3_600_000}&to={T0_MS + 3_600_000}"
+    await rec(await client.get(f"/v1/events?{window}", headers=reader))
+    await rec(await client.get(f"/v1/reports?{window}", headers=reader))
+    await rec(await client.get(f"/v1/audience?{window}&by=region", headers=reader))
+    await rec(await client.get("/healthz"))
+    return out
+
+
+@pytest.mark.timeout(120)
+async def test_same_answers_as_the_in_process_store(aiohttp_client: Any, tmp_path: Path) -> None:
+    items = [event(i, type="qoe", stall_ms=1.5 * i, height=720) if i % 2 else event(i) for i in range(300)]
+    extra = [event(500), event(600), {**event(601), "stall_ms": "x"}]
+    rep = report("eu-west")
+    answers = []
+    for i, process in enumerate((False, True)):
+        cfg = config(str(tmp_path / f"{i}.duckdb"), store_process=process)
+        client = await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
+        assert isinstance(client.server.app[STORE], StoreClient) == process
+        answers.append(await _session(client, items, extra, rep))
+        await client.close()
+    assert [a[0] for a in answers[1]] == [200, 200, 400, 200, 200, 200, 200, 200, 200]
+    assert answers[1] == answers[0]
+    assert answers[1][1][1] == {"accepted": 11, "new": 1, "duplicate": 10}
+    assert answers[1][4][1]["duplicate"] == 1
+    assert len(answers[1][5][1].splitlines()) == 300 + 1  # the export streams every stored event
+
+
+@pytest.mark.timeout(120)
+async def test_checkpoints_run_in_the_store_process(aiohttp_client: Any, tmp_path: Path) -> None:
+    cfg = config(str(tmp_path / "c.duckdb"), store_process=True, checkpoint_wal_bytes=1 << 20)
+    client = await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
+    for b in range(12):  # ~250 bytes of WAL per event: a checkpoint every ~4,000 events
+        batch = [event(b * 1000 + i) for i in range(1000)]
+        r = await client.post("/v1/events", data=json.dumps(batch), headers=JSON)
+        assert r.status == 200
+    deadline = time.monotonic() + 30
+    metrics = ""
+    while time.monotonic() < deadline:
+        metrics = await (await client.get("/metrics", headers=auth(READER))).text()
+        name = "streamqoe_store_checkpoint_duration_seconds_count"
+        line = next(x for x in metrics.splitlines() if x.startswith(name))
+        if float(line.split()[-1]) >= 1:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail(f"no checkpoint reported to /metrics:\n{metrics}")
+    assert client.server.app[STORE].count("viewer_events") == 12_000
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_store_process_is_replaced_and_nothing_acknowledged_is_lost(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    cfg = config(str(tmp_path / "c.duckdb"), store_process=True)
+    client = await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
+    store = client.server.app[STORE]
+    assert isinstance(store, StoreClient)
+    batch = [event(i) for i in range(150)]
+    r = await client.post("/v1/events", data=json.dumps(batch[:100]), headers=JSON)
+    assert r.status == 200
+    old = store.pid
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while store.alive and time.monotonic() < deadline:  # noqa: ASYNC110 (the client's own thread notices)
+        await asyncio.sleep(0.01)
+    assert not store.alive
+    # the next request starts a new store process, which recovers the file
+    r = await client.post("/v1/events", data=json.dumps(batch[50:]), headers=JSON)
+    assert r.status == 200, await r.text()
+    assert await r.json() == {"accepted": 100, "new": 50, "duplicate": 50}
+    assert store.pid != old
+    assert store.count("viewer_events") == 150
+    assert (await client.get("/healthz")).status == 200
+
+
+@pytest.mark.timeout(120)
+async def test_a_write_whose_store_process_dies_gets_503_and_its_retry_is_stored_once(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    cfg = config(str(tmp_path / "c.duckdb"), store_process=True)
+    client = await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
+    store = client.server.app[STORE]
+    assert isinstance(store, StoreClient)
+    for _attempt in range(5):  # the kill must land while the write is in the store process: retry if not
+        batch = json.dumps([event(i) for i in range(20_000)])
+        post = asyncio.create_task(client.post("/v1/events", data=batch, headers=JSON))
+        deadline = time.monotonic() + 30
+        # kill the store process once the batch has reached it (its DuckDB insert takes ~0.1 s)
+        while not post.done() and time.monotonic() < deadline:
+            if store.in_flight():
+                os.kill(store.pid, signal.SIGKILL)
+                break
+            await asyncio.sleep(0.001)
+        r = await post
+        if r.status != 200:
+            break
+    else:
+        pytest.fail("five writes committed before the kill landed")
+    assert r.status == 503, await r.text()
+    body = await r.json()
+    assert "nothing of this request was acknowledged" in body["error"]
+    assert r.headers["Retry-After"] == "1"
+    r = await client.post("/v1/events", data=batch, headers=JSON)  # the client's retry
+    assert r.status == 200
+    reply = await r.json()
+    assert reply["new"] + reply["duplicate"] == 20_000
+    assert store.count("viewer_events") == 20_000 * (_attempt + 1)
