@@ -321,9 +321,47 @@ def _grow(
         if not nxt or nxt[0][0] <= max(threshold, min_share * chosen[0][1]):
             break
         g = ripple(nxt[0], free)
+        anc = _ancestor(codes, actual, expected, chosen, g, free)
+        if anc is not None:
+            chosen[0] = anc
+            free = ~np.logical_or.reduce([c[2].mask(codes) for c in chosen])
+            continue
         chosen.append(g)
         free &= ~g[2].mask(codes)
     return tuple(sorted((c[2] for c in chosen), key=lambda s: s.items))
+
+
+def _ancestor(
+    codes: IntArray,
+    actual: FloatArray,
+    expected: FloatArray,
+    chosen: list[tuple[float, float, Slice]],
+    nxt: tuple[float, float, Slice],
+    free: NDArray[np.bool_],
+) -> tuple[float, float, Slice] | None:
+    """The common ancestor P of the first chosen slice and the next one, when P's other leaves are
+    significantly elevated too (z >= ``_RIPPLE_Z`` against the factor of the leaves outside P): two
+    elevated slices inside one component and an elevated remainder are the ripple effect of one cause."""
+    first = chosen[0][2]
+    common = tuple(sorted(set(first.items) & set(nxt[2].items)))
+    if not common:
+        return None
+    anc = Slice(common)
+    p_mask = anc.mask(codes)
+    if any((c[2].mask(codes) & p_mask).any() for c in chosen[1:]):
+        return None
+    rest = p_mask & free & ~nxt[2].mask(codes)
+    out = free & ~p_mask
+    if not rest.any() or not out.any():
+        return None
+    k_o = _factor(float(actual[out].sum()), float(expected[out].sum()))
+    mu = float(expected[rest].sum()) * k_o
+    if (float(actual[rest].sum()) - mu) / max(mu, 1.0) ** 0.5 < _RIPPLE_Z:
+        return None
+    vp, ep = float(actual[p_mask].sum()), float(expected[p_mask].sum())
+    vo, eo = float(actual[out].sum()), float(expected[out].sum())
+    gain = 2.0 * float(_xlogx_ratio(vp, ep) + _xlogx_ratio(vo, eo) - _xlogx_ratio(vp + vo, ep + eo))
+    return (gain, gain, anc)
 
 
 def _factor(v: float, e: float) -> float:

@@ -36,6 +36,34 @@ def test_localize_finds_the_exact_slice_of_a_ratio_anomaly() -> None:
     assert len(ranked[0].slices) == 1
 
 
+def _two_hot_children(rest_rate: float, seed: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Dimension 0 = 1 stalls at ``rest_rate``, except two of its children (dimension 1 = 0 and 2), which
+    stall at 7x and 5x normal; everything else at the normal 2 %. The best set's slices."""
+    rng = np.random.default_rng(seed)
+    codes = np.array([[a, b, c] for a in range(4) for b in range(4) for c in range(2)], dtype=np.int64)
+    n = rng.integers(500, 1500, size=len(codes)).astype(float)
+    rate = np.full(len(codes), 0.02)
+    parent = codes[:, 0] == 1
+    rate[parent] = rest_rate
+    rate[parent & (codes[:, 1] == 0)] = 0.14
+    rate[parent & (codes[:, 1] == 2)] = 0.10
+    actual = rng.binomial(n.astype(int), rate).astype(float)
+    ranked = localize(codes, actual, n * 0.02, threshold=10.0, totals=n)
+    return tuple(sorted(s.slice.items for s in ranked[0].slices))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_two_hot_children_and_a_raised_rest_are_their_parent(seed: int) -> None:
+    """Common-ancestor consolidation: the rest of the parent at 1.75x normal is significant, so the two
+    hot children are the ripple of one cause in the parent (without the rule these seeds give the two)."""
+    assert _two_hot_children(0.035, seed) == (((0, 1),),)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_two_hot_children_and_a_normal_rest_stay_two_slices(seed: int) -> None:
+    assert _two_hot_children(0.02, seed) == (((0, 1), (1, 0)), ((0, 1), (1, 2)))
+
+
 def test_incident_found_costed_and_listed_via_duckdb(tmp_path: Path) -> None:
     table, truth = generate(
         AudienceConfig(start_ms=T0, minutes=100, seed=4, arrivals_per_min=80, incident=_incident())
