@@ -14,7 +14,6 @@ exactly the values, iff ``event_row`` accepts every item (tested with hypothesis
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -46,16 +45,58 @@ _INT_COLUMNS = frozenset({"stall_count", "height"})
 Column = npt.NDArray[Any]
 
 
-@dataclass(frozen=True)
+Packed = tuple[dict[str, str], dict[str, Column]]
+_STRINGS = ("event_id", "viewer_id", "session_id", "room", "type", "region", "isp", "cdn", "device", "app_version")
+_SEP, _NONE = "\x00", "\x01"
+
+
 class EventColumns:
     """A validated batch: ``columns`` maps every ``ROW_FIELDS`` name to a numpy array of ``n`` values.
 
     Strings are object arrays (None = NULL), ``t_ms`` int64 (ms since the Unix epoch), the QoE fields
     float64 with NaN = not sent (``stall_count``/``height`` are whole numbers stored as float64).
+
+    Between processes (``collector.parse_pool``, ``collector.store_process``) a batch travels packed
+    (``packed()``): each string column one string joined by ``\\x00`` (``\\x01`` = None; validated ids
+    and dimensions hold no control characters), numeric columns as numpy arrays; pickling that costs
+    ~0.3 ms per 1,000 events against ~3 ms for object arrays. A batch made ``from_packed`` unpacks only
+    when its ``columns`` are read, so one passed on from a parse worker to the store process never is.
     """
 
-    n: int
-    columns: dict[str, Column]
+    __slots__ = ("_columns", "_packed", "n")
+
+    def __init__(self, n: int, columns: dict[str, Column] | None = None, *, packed: Packed | None = None) -> None:
+        if columns is None and packed is None:
+            raise ValueError("EventColumns: columns or packed")
+        self.n = n
+        self._columns = columns
+        self._packed = packed
+
+    @classmethod
+    def from_packed(cls, n: int, packed: Packed) -> EventColumns:
+        return cls(n, packed=packed)
+
+    @property
+    def columns(self) -> dict[str, Column]:
+        if self._columns is None:
+            assert self._packed is not None
+            strings, numbers = self._packed
+            out: dict[str, Any] = dict(numbers)
+            for k, s in strings.items():
+                vals: list[Any] = s.split(_SEP) if self.n else []
+                if _NONE in s:
+                    vals = [None if v == _NONE else v for v in vals]
+                out[k] = np.array(vals, dtype=object)
+            self._columns = {k: out[k] for k in ROW_FIELDS}
+        return self._columns
+
+    def packed(self) -> Packed:
+        """The columns in their compact, fast-pickling form (computed once)."""
+        if self._packed is None:
+            c = self.columns
+            strings = {k: _SEP.join([_NONE if v is None else v for v in c[k].tolist()]) for k in _STRINGS}
+            self._packed = (strings, {k: v for k, v in c.items() if k not in strings})
+        return self._packed
 
     @property
     def event_ids(self) -> Column:

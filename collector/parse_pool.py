@@ -3,10 +3,9 @@
 ``json.loads`` and validation hold the GIL for ~5 ms per 1,000 events; together with DuckDB's insert
 (which also holds it for much of its work) that caps the collector process at about one core. With
 ``ingest_workers = N`` (configuration) the body goes to one of N worker processes, which run
-``parse_event_body`` (``parse_items`` + ``event_columns``) and send back the columns compactly: each
-string column as one string joined by ``\\x00`` (``\\x01`` for a missing value; validated ids and
-dimensions contain no control characters), numeric columns as numpy arrays. Unpacking costs the
-collector ~1 ms per 1,000 events.
+``parse_event_body`` (``parse_items`` + ``event_columns``) and send back the columns packed
+(``EventColumns.packed``). The collector unpacks them only if it reads them (~1 ms per 1,000 events): with
+``store_process`` it passes them on to the store process as they came.
 
 Errors cross the process boundary as data and are raised again as the same ``ApiError`` / ``BatchError``,
 so responses are identical with and without workers. A worker that dies (OOM, kill) breaks the pool: the
@@ -24,18 +23,13 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import numpy as np
 import structlog
 
 from collector.body import parse_event_body
 from collector.errors import ApiError
 from collector.event_columns import BatchError, EventColumns
-from collector.events import ROW_FIELDS
 
 log = structlog.get_logger()
-
-_STRINGS = ("event_id", "viewer_id", "session_id", "room", "type", "region", "isp", "cdn", "device", "app_version")
-_SEP, _NONE = "\x00", "\x01"
 
 Packed = tuple[Any, ...]
 
@@ -52,32 +46,12 @@ def parse_events(body: bytes, content_type: str, max_items: int) -> Packed:
         return ("api", e.status, e.message, e.item, e.field, 0)
     except BatchError as e:
         return ("batch", e.index, str(e), e.items)
-    return ("ok", *pack_columns(cols))
-
-
-def pack_columns(cols: EventColumns) -> Packed:
-    """Validated columns in a form that pickles fast: ``(n, strings, numbers)``, each string column one
-    string joined by ``\\x00`` (``\\x01`` = None), numeric columns as they are (``unpack_columns``)."""
-    c = cols.columns
-    strings = {k: _SEP.join([_NONE if v is None else v for v in c[k].tolist()]) for k in _STRINGS}
-    numbers = {k: v for k, v in c.items() if k not in strings}
-    return (cols.n, strings, numbers)
-
-
-def unpack_columns(packed: Packed) -> EventColumns:
-    """The columns ``pack_columns`` packed."""
-    n, strings, numbers = packed
-    out: dict[str, Any] = dict(numbers)
-    for k, s in strings.items():
-        vals: list[Any] = s.split(_SEP) if n else []
-        if _NONE in s:
-            vals = [None if v == _NONE else v for v in vals]
-        out[k] = np.array(vals, dtype=object)
-    return EventColumns(n, {k: out[k] for k in ROW_FIELDS})
+    return ("ok", cols.n, cols.packed())
 
 
 def unpack(packed: Packed) -> tuple[int, EventColumns]:
-    """(item count, columns) from ``parse_events``'s result; raises its ``ApiError`` / ``BatchError``."""
+    """(item count, columns) from ``parse_events``'s result; raises its ``ApiError`` / ``BatchError``.
+    The columns stay packed until read (``EventColumns.from_packed``)."""
     tag = packed[0]
     if tag == "api":
         _, status, message, item, field, _n = packed
@@ -85,8 +59,8 @@ def unpack(packed: Packed) -> tuple[int, EventColumns]:
     if tag == "batch":
         _, index, message, n = packed
         raise BatchError(index, message, items=n)
-    cols = unpack_columns(packed[1:])
-    return cols.n, cols
+    _, n, cols = packed
+    return n, EventColumns.from_packed(n, cols)
 
 
 class ParsePool:

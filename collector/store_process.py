@@ -12,9 +12,9 @@ cursors live in a child process (spawned), and the collector talks to it over a 
   sent after DuckDB's commit returned.
 * In the child, writes run on one thread (in arrival order), reads on two others, and the maintenance
   thread checkpoints as in-process; each checkpoint's ``MaintenanceRun`` is sent back for ``/metrics``.
-* Event columns cross the pipe packed as ``collector.parse_pool`` packs them (one string per string
-  column, numpy arrays for the numbers): ~0.3 ms per 1,000 events each way, against ~3 ms to pickle the
-  object arrays.
+* Event columns cross the pipe packed (``EventColumns.packed``: one string per string column, numpy
+  arrays for the numbers), ~0.3 ms per 1,000 events each way against ~3 ms to pickle object arrays;
+  columns that came packed from a parse worker (``ingest_workers``) are passed on without unpacking.
 * The collector dies (even SIGKILL): the child reads end-of-file on the pipe, finishes the writes it
   already received (nobody will acknowledge them; a client resends, and ingest is idempotent), closes
   the store and exits. A collector started meanwhile waits for DuckDB's file lock (``_OPEN_WAIT_S``).
@@ -38,8 +38,8 @@ from typing import Any
 import duckdb
 import structlog
 
+from collector.event_columns import EventColumns
 from collector.maintenance import StoreMaintainer
-from collector.parse_pool import pack_columns, unpack_columns
 from collector.store import InsertResult, MaintenanceRun, ResultStream, Store, WriteJob
 
 log = structlog.get_logger()
@@ -58,15 +58,15 @@ class StoreProcessError(RuntimeError):
 
 def _job_to_wire(job: WriteJob) -> tuple[Any, ...]:
     if job.events is not None:
-        return ("events", pack_columns(job.events))
+        return ("events", job.events.n, job.events.packed())
     return (job.kind, list(job.rows))
 
 
 def _job_from_wire(wire: tuple[Any, ...]) -> WriteJob:
-    kind, payload = wire
-    if kind == "events":
-        return WriteJob("events", events=unpack_columns(payload))
-    return WriteJob(kind, [tuple(r) for r in payload])
+    if wire[0] == "events":
+        return WriteJob("events", events=EventColumns.from_packed(wire[1], wire[2]))
+    kind, rows = wire
+    return WriteJob(kind, [tuple(r) for r in rows])
 
 
 def _picklable(e: BaseException) -> BaseException:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+SLOW_S = 0.050  # the ack-latency goal: batches slower than this are listed by when they started
 TOKEN = "bench-platform-token-0123456789"
 READER = "bench-reader-token-0123456789"
 
@@ -399,6 +400,18 @@ def main() -> int:
             f"to {CKPT_AFTER_S} s after): {len(near):,} batches ({100 * len(near) / max(1, len(lat)):.1f} %), "
             f"p50 {_pct(near, 0.5) * 1000:.1f} ms, p99 {_pct(near, 0.99) * 1000:.1f} ms; the other {len(away):,}: "
             f"p50 {_pct(away, 0.5) * 1000:.1f} ms, p99 {_pct(away, 0.99) * 1000:.1f} ms"
+        )
+    slow = [(t, x) for t, x in zip(res["starts"], lat, strict=True) if x > SLOW_S]
+    if slow:
+        t0 = min(res["starts"])
+        by_second: dict[int, int] = {}
+        for t, _ in slow:
+            by_second[int(t - t0)] = by_second.get(int(t - t0), 0) + 1
+        ckpt_s = sorted({int(e - t0) for e in wal.times if e >= t0}) if wal.times else []
+        print(
+            f"\nbatches over {SLOW_S * 1000:.0f} ms: {len(slow):,} ({100 * len(slow) / len(lat):.1f} %); started in "
+            f"second (count): {', '.join(f'{k} ({v})' for k, v in sorted(by_second.items()))}; checkpoints ended "
+            f"in second: {', '.join(map(str, ckpt_s)) or 'none'}"
         )
     hit, clear = _split_by_overlap(res["starts"], lat, machine_stalls)
     longest = max((e - s for s, e in machine_stalls), default=0.0)

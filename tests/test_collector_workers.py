@@ -17,9 +17,12 @@ from tests.collector_helpers import PLATFORM, T0_MS, auth, config, event
 JSON = {**auth(PLATFORM), "Content-Type": "application/json"}
 
 
-@pytest.fixture(params=[0, 1], ids=["inline", "workers"])
+@pytest.fixture(params=[(0, False), (1, False), (1, True)], ids=["inline", "workers", "workers+store-process"])
 async def client(request: Any, aiohttp_client: Any, tmp_path: Path) -> Any:
-    cfg = config(str(tmp_path / "c.duckdb"), ingest_workers=request.param, max_batch_items=100)
+    """With a store process too, the columns go from the parse worker to the store process packed."""
+    workers, store_process = request.param
+    cfg = config(str(tmp_path / "c.duckdb"), ingest_workers=workers, max_batch_items=100,
+                 store_process=store_process)  # fmt: skip
     return await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
 
 
