@@ -11,7 +11,9 @@ cursors live in a child process (spawned), and the collector talks to it over a 
   with an in-process store. An acknowledgement still means committed: the reply to ``write_group`` is
   sent after DuckDB's commit returned.
 * In the child, writes run on one thread (in arrival order), reads on two others, and the maintenance
-  thread checkpoints as in-process; each checkpoint's ``MaintenanceRun`` is sent back for ``/metrics``.
+  thread checkpoints as in-process, but at idle priority (``StoreMaintainer(low_priority=True)``: the
+  checkpoint's CPU, not its locks, is what delays acknowledgements here); each checkpoint's
+  ``MaintenanceRun`` is sent back for ``/metrics``.
 * Event columns cross the pipe packed (``EventColumns.packed``: one string per string column, numpy
   arrays for the numbers), ~0.3 ms per 1,000 events each way against ~3 ms to pickle object arrays;
   columns that came packed from a parse worker (``ingest_workers``) are passed on without unpacking.
@@ -109,7 +111,7 @@ def serve(conn: Connection, path: str, checkpoint_wal_bytes: int, threads: int, 
             conn.send(msg)
 
     reply((None, True, store.recovered_rows))
-    maintainer = StoreMaintainer(store, on_run=lambda run: reply((None, "maintenance", run)))
+    maintainer = StoreMaintainer(store, on_run=lambda run: reply((None, "maintenance", run)), low_priority=True)
     maintainer.start()
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
     readers = concurrent.futures.ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="store-reader")

@@ -214,3 +214,51 @@ def test_an_in_memory_store_has_no_staging(path: str) -> None:
         pass
     assert store.write_group([_job(_batch(0))]) == [InsertResult(new=100, duplicate=0)]
     store.close()
+
+
+class _TimedStore(Store):
+    """A store whose one due checkpoint takes ``seconds`` and records its thread's scheduling policy."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(":memory:")
+        self.seconds = seconds
+        self.policies: list[int] = []
+        self._due = True
+
+    def checkpoint_due(self) -> bool:
+        due, self._due = self._due, False
+        return due
+
+    def maintain(self, *, checkpoint: bool) -> MaintenanceRun:
+        tid = threading.get_native_id()
+        self.policies.append(os.sched_getscheduler(tid))
+        time.sleep(self.seconds)
+        self.policies.append(os.sched_getscheduler(tid))
+        return MaintenanceRun(checkpoint_s=self.seconds, moved_rows=0, diverted_s=self.seconds)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+@pytest.mark.parametrize(("seconds", "escalated"), [(0.05, False), (0.8, True)])
+def test_low_priority_maintenance_runs_idle_and_escalates_when_slow(seconds: float, escalated: bool) -> None:
+    store = _TimedStore(seconds)
+    maintainer = StoreMaintainer(store, low_priority=True, escalate_s=0.3)
+    runs: list[Any] = []
+    t = threading.Thread(target=lambda: runs.append((maintainer.run_once(), os.sched_getscheduler(0))))
+    t.start()
+    t.join()
+    (run, after), = runs
+    assert run is not None and run.checkpoint_s == seconds
+    assert store.policies[0] == os.SCHED_IDLE  # the run starts at idle priority
+    # a run that outlasts escalate_s is put back to the normal policy while it runs
+    assert store.policies[1] == (os.SCHED_OTHER if escalated else os.SCHED_IDLE)
+    assert maintainer.escalations == int(escalated)
+    assert after == os.SCHED_OTHER  # and the thread is back to normal between runs
+    store.close()
+
+
+def test_maintenance_keeps_the_normal_policy_by_default() -> None:
+    store = _TimedStore(0.01)
+    maintainer = StoreMaintainer(store)
+    assert maintainer.run_once() is not None
+    assert store.policies == [os.SCHED_OTHER, os.SCHED_OTHER]
+    store.close()
