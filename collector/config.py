@@ -15,7 +15,7 @@ reference; the example below is complete::
     group_commit_linger_ms = 0          # a lone request waits this long for company before its commit
     ingest_workers = 0                  # processes parsing event batches (0 = in the collector process)
     store_threads = 1                   # DuckDB worker threads (ingest CPU vs parallel reads)
-    store_process = false               # run the store (DuckDB) in a process of its own
+    store_process = false               # the store (DuckDB) in a process of its own (docs/collector.md)
     heartbeat_timeout_s = 60            # a session with no leave ends this long after its last event
 
     [[tokens]]
