@@ -149,10 +149,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.diverted.observe((), run.diverted_s)
         metrics.moved_rows.inc((), run.moved_rows)
 
+    def on_store_start(_pid: int) -> None:  # on the opening thread, or the one that replaced a dead process
+        loop.call_soon_threadsafe(metrics.store_starts.inc, ())
+
     def open_store() -> StoreAPI:
         if cfg.store_process:
             return StoreClient(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, threads=cfg.store_threads,
-                               wall_ms=app[WALL_MS], on_maintenance=on_maintenance)  # fmt: skip
+                               wall_ms=app[WALL_MS], on_maintenance=on_maintenance,
+                               on_start=on_store_start)  # fmt: skip
         return Store(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, wall_ms=app[WALL_MS],
                      threads=cfg.store_threads)  # fmt: skip
 

@@ -108,6 +108,12 @@ class CollectorMetrics:
                 "Rows committed to staging while the main tables were busy, then moved into them.",
             )
         )
+        self.store_starts = r.add(
+            Counter(
+                "streamqoe_store_process_starts_total",
+                "Store processes started (store_process = true): 1, plus one per store process that died.",
+            )
+        )
         self._latest_started: dict[tuple[str, str], int] = {}  # fmt: skip
 
     def observe_report(self, row: dict[str, Any], *, new: bool) -> None:

@@ -207,14 +207,17 @@ class _Channel:
 class StoreClient:
     """The store, run by a child process; the same methods as ``Store`` for the collector's use.
 
-    ``on_maintenance`` is called (on a background thread) with each checkpoint's ``MaintenanceRun``.
+    ``on_maintenance`` is called (on a background thread) with each checkpoint's ``MaintenanceRun``, and
+    ``on_start`` with the pid of each store process started (the first, and each replacement).
     ``wall_ms`` stamps ``received_ms`` here, so an injected clock works as with an in-process store.
     """
 
     def __init__(self, path: str, *, checkpoint_wal_bytes: int = 16 << 20, threads: int = 1,
                  wall_ms: Callable[[], int] | None = None,
-                 on_maintenance: Callable[[MaintenanceRun], None] | None = None) -> None:  # fmt: skip
+                 on_maintenance: Callable[[MaintenanceRun], None] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.path = path
+        self._on_start = on_start
         self._args = (path, checkpoint_wal_bytes, threads)
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._on_maintenance = on_maintenance
@@ -262,6 +265,8 @@ class StoreClient:
         channel = _Channel(parent, proc)
         threading.Thread(target=self._receive, args=(channel,), name="store-client", daemon=True).start()
         log.info("store_process_started", pid=proc.pid, recovered_staged_rows=value)
+        if self._on_start is not None:
+            self._on_start(proc.pid or 0)
         return channel
 
     def _receive(self, ch: _Channel) -> None:

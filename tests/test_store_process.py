@@ -109,6 +109,8 @@ async def test_a_killed_store_process_is_replaced_and_nothing_acknowledged_is_lo
     assert store.pid != old
     assert store.count("viewer_events") == 150
     assert (await client.get("/healthz")).status == 200
+    metrics = await (await client.get("/metrics", headers=auth(READER))).text()
+    assert "streamqoe_store_process_starts_total 2" in metrics.splitlines()
 
 
 @pytest.mark.timeout(120)
