@@ -106,6 +106,29 @@ def run_scenario(ns: Netns, work: Path, sc: Scenario, duration_s: float) -> dict
     return result
 
 
+ATTEMPTS = 3
+ROOM_LATE_RETRY_MS = 150.0
+"""A scenario is run again (up to ``ATTEMPTS`` times) when the room itself could not run on time for this
+long in all during it (its encoders' late ticks): a starved room does not carry out its schedule (a CI run
+on a starved VM lost the 300 ms freeze entirely and stretched the 1 s one to 1.2 s), so the comparison
+would measure the machine, not the viewers. Every attempt's lateness is in the result."""
+
+
+def room_late_ms(truth: dict[str, Any], from_ms: float, to_ms: float) -> tuple[float, float]:
+    """(total, longest) ms in [from_ms, to_ms] during which the room's encoders ran late (``late``)."""
+    spans = [(max(a, from_ms), min(b, to_ms)) for enc in truth.get("encoders", {}).values()
+             for a, b in enc.get("late", ()) if b > from_ms and a < to_ms]  # fmt: skip
+    merged: list[list[float]] = []  # the encoders' intervals may overlap each other: count time once
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    total = sum(b - a for a, b in merged)
+    longest = max((b - a for a, b in merged), default=0.0)
+    return round(total, 1), round(longest, 1)
+
+
 def run_all(scenarios: list[Scenario] = SCENARIOS, duration_s: float = 15.0) -> list[dict[str, Any]]:
     ns = Netns()
     work = Path(tempfile.mkdtemp(prefix="sq-fidelity-"))
@@ -124,7 +147,17 @@ def run_all(scenarios: list[Scenario] = SCENARIOS, duration_s: float = 15.0) -> 
                 if room.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("room did not start: " + (work / "room.log").read_text()[-2000:]) from None
                 time.sleep(0.3)
-        return [run_scenario(ns, work, sc, duration_s) for sc in scenarios]
+        results = []
+        for sc in scenarios:
+            for attempt in range(1, ATTEMPTS + 1):
+                t0 = time.time() * 1000.0
+                result = run_scenario(ns, work, sc, duration_s)
+                total, longest = room_late_ms(result["truth"], t0, time.time() * 1000.0)
+                result |= {"attempt": attempt, "room_late_ms": total, "room_late_max_ms": longest}
+                if total < ROOM_LATE_RETRY_MS:
+                    break
+            results.append(result)
+        return results
     finally:
         if room is not None and room.poll() is None:
             room.terminate()
@@ -137,7 +170,7 @@ def run_all(scenarios: list[Scenario] = SCENARIOS, duration_s: float = 15.0) -> 
 
 # --- comparison -------------------------------------------------------------------------------
 def _viewer_truth(truth: dict[str, Any], who: str) -> dict[str, Any] | None:
-    for v in truth.get("viewers", []):
+    for v in reversed(truth.get("viewers", [])):  # the last: a scenario run again has one per attempt
         if v.get("labels", {}).get("who") == who:
             return v  # type: ignore[no-any-return]
     return None

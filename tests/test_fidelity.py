@@ -99,7 +99,9 @@ def test_scheduled_freezes(results: dict[str, dict[str, Any]]) -> None:
         # each viewer against its own truth: under load the room's wire gaps differ per viewer by up to
         # ~70 ms, and a stall of the room or of the viewer adds a freeze (docs/fidelity.md)
         gaps = results["freezes"][f"truth_{who}"]["freeze_wire_gaps_ms"]
-        assert len(gaps) == 3, gaps
+        raw = results["freezes"]["raw"]
+        # the harness runs a scenario again while the room could not keep its schedule (fidelity_report)
+        assert len(gaps) == 3, (gaps, raw["attempt"], raw["room_late_ms"])
         long = [ms for ms in side["freezes_ms"] if ms >= LONG_MS]
         assert 3 <= len(long) <= 5, (who, side["freezes_ms"])
         matched[who] = []
@@ -137,16 +139,33 @@ def test_loss(results: dict[str, dict[str, Any]], name: str, chrome_undercount_p
     assert _probe_own_freezes(probe)["count"] <= chrome["freezeCount"] + 1, (probe, chrome["freezes_ms"])
 
 
+def _machine_slack_ms(results: dict[str, dict[str, Any]], name: str) -> float:
+    """The longest stall measured during scenario ``name`` on this machine: of the probe's own process or
+    of the room (its late ticks). Chromium shares the machine, so a stall while a reply is due delays its
+    reading as well (a CI run on a starved VM: Chromium's RTT 110.6 ms through the 80 ms delay)."""
+    raw = results[name]["raw"]
+    return max(raw["probe"]["summary"]["host_stalls"]["max_ms"] or 0.0, raw.get("room_late_max_ms") or 0.0)
+
+
 def test_rtt(results: dict[str, dict[str, Any]]) -> None:
     """Both measure the ICE round trip from STUN checks on the nominated pair: under a millisecond or so on
     loopback, and the room's 80 ms added delay (which it applies to its STUN replies too) in both."""
     probe, chrome = _sides(results, "clean")
     assert probe["rtt_ms"] is not None and chrome["rtt_ms"] is not None
-    slack = results["clean"]["raw"]["probe"]["summary"]["host_stalls"]["max_ms"] or 0.0
-    assert probe["rtt_ms"] < 30 + slack and chrome["rtt_ms"] < 30, (probe["rtt_ms"], chrome["rtt_ms"], slack)
+    slack = _machine_slack_ms(results, "clean")
+    assert probe["rtt_ms"] < 30 + slack and chrome["rtt_ms"] < 30 + slack, (probe["rtt_ms"], chrome["rtt_ms"], slack)
     probe, chrome = _sides(results, "delay")
-    # a stall of the probe's own process while a reply is due delays its reading by up to the stall
-    slack = results["delay"]["raw"]["probe"]["summary"]["host_stalls"]["max_ms"] or 0.0
-    assert 80 <= chrome["rtt_ms"] <= 110, chrome["rtt_ms"]
+    # a stall of the probe's own process (or of the machine) while a reply is due delays its reading by up
+    # to the stall
+    slack = _machine_slack_ms(results, "delay")
+    assert 80 <= chrome["rtt_ms"] <= 110 + slack, (chrome["rtt_ms"], slack)
     assert 80 <= probe["rtt_ms"] <= 110 + slack, (probe["rtt_ms"], slack)
     assert abs(probe["rtt_ms"] - chrome["rtt_ms"]) <= 15 + slack, (probe["rtt_ms"], chrome["rtt_ms"], slack)
+
+
+def test_room_lateness_counts_overlapping_intervals_once() -> None:
+    truth = {"encoders": {"360p": {"late": [[1000, 1100], [1050, 1300], [5000, 5060]]},
+                          "180p": {"late": [[1200, 1250], [9000, 9500]]}}}  # fmt: skip
+    assert fidelity.room_late_ms(truth, 0, 6000) == (360.0, 300.0)
+    assert fidelity.room_late_ms(truth, 1100, 9100) == (360.0, 200.0)  # clipped to the window
+    assert fidelity.room_late_ms({"encoders": {}}, 0, 1) == (0.0, 0.0)
