@@ -85,14 +85,19 @@ async def test_checkpoints_run_in_the_store_process(aiohttp_client: Any, tmp_pat
     assert client.server.app[STORE].count("viewer_events") == 12_000
 
 
-@pytest.mark.timeout(120)
-async def test_a_killed_store_process_is_replaced_and_nothing_acknowledged_is_lost(
-    aiohttp_client: Any, tmp_path: Path
-) -> None:
+async def _store_process_app(aiohttp_client: Any, tmp_path: Path) -> tuple[Any, StoreClient]:
     cfg = config(str(tmp_path / "c.duckdb"), store_process=True)
     client = await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
     store = client.server.app[STORE]
     assert isinstance(store, StoreClient)
+    return client, store
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_store_process_is_replaced_and_nothing_acknowledged_is_lost(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    client, store = await _store_process_app(aiohttp_client, tmp_path)
     batch = [event(i) for i in range(150)]
     r = await client.post("/v1/events", data=json.dumps(batch[:100]), headers=JSON)
     assert r.status == 200
@@ -117,10 +122,7 @@ async def test_a_killed_store_process_is_replaced_and_nothing_acknowledged_is_lo
 async def test_a_write_whose_store_process_dies_gets_503_and_its_retry_is_stored_once(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    cfg = config(str(tmp_path / "c.duckdb"), store_process=True)
-    client = await aiohttp_client(create_app(cfg, wall_ms=lambda: T0_MS))
-    store = client.server.app[STORE]
-    assert isinstance(store, StoreClient)
+    client, store = await _store_process_app(aiohttp_client, tmp_path)
     for _attempt in range(5):  # the kill must land while the write is in the store process: retry if not
         batch = json.dumps([event(i) for i in range(20_000)])
         post = asyncio.create_task(client.post("/v1/events", data=batch, headers=JSON))
