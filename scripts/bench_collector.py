@@ -164,6 +164,12 @@ def _export(port: int, pid: int) -> dict[str, float]:
     return {"lines": lines, "seconds": elapsed, "rss0": rss0, "peak": peak[0]}
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat: the hypervisor's share."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields)
+
+
 def _proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads) and of its live children (the
     ingest workers), from /proc."""
@@ -301,6 +307,7 @@ def main() -> int:
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         p = mp.Process(target=_load, args=(port, args.seconds, args.connections, args.batch, args.rate, q))
         load0 = os.getloadavg()[0]
+        steal0 = _machine_ticks()
         cpu0 = _proc_cpu_s(proc.pid)
         wal = WalWatcher(tmp / "bench.duckdb.wal")
         watch_stop, watch_q = mp.Event(), mp.Queue()  # type: ignore[var-annotated]
@@ -313,6 +320,7 @@ def main() -> int:
         machine_stalls: list[tuple[float, float]] = watch_q.get(timeout=30)
         watcher.join()
         cpu1 = _proc_cpu_s(proc.pid)
+        steal1 = _machine_ticks()
         load1 = os.getloadavg()[0]
         p.join()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {READER}"})
@@ -413,6 +421,8 @@ def main() -> int:
             f"second (count): {', '.join(f'{k} ({v})' for k, v in sorted(by_second.items()))}; checkpoints ended "
             f"in second: {', '.join(map(str, ckpt_s)) or 'none'}"
         )
+    steal = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    print(f"\nCPU steal (the hypervisor's share of this VM's CPU time during the run, /proc/stat): {100 * steal:.1f} %")
     hit, clear = _split_by_overlap(res["starts"], lat, machine_stalls)
     longest = max((e - s for s, e in machine_stalls), default=0.0)
     print(
