@@ -33,9 +33,10 @@ from tests.collector_helpers import (
 )
 
 
-async def test_ingest_over_tcp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_process", [False, True], ids=["in-process", "store-process"])
+async def test_ingest_over_tcp(tmp_path: Path, store_process: bool) -> None:
     port = free_port()
-    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port)
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port, store_process=store_process)
     with collector_process(cfg, port, tmp_path / "log"):
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as s:
@@ -45,8 +46,10 @@ async def test_ingest_over_tcp(tmp_path: Path) -> None:
                 assert r.status == 200
             async with s.get(f"{base}/metrics", headers=auth(READER)) as r:
                 assert "streamqoe_probe_ttff_seconds" in await r.text()
-    # a clean stop checkpoints: the file alone holds everything, no WAL left behind
+    # a clean stop (SIGTERM) checkpoints: the file alone holds everything, no WAL or staging file left behind
+    # (with a store process too: the collector waits for it to close the store)
     assert not (tmp_path / "db.duckdb.wal").exists()
+    assert not (tmp_path / "db.duckdb.staging").exists()
     con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM viewer_events").fetchone() == (10,)
     log_text = (tmp_path / "log").read_text()
