@@ -242,13 +242,17 @@ async def test_ttff_is_consistent_with_the_rooms_first_frame() -> None:
 
 
 async def test_marker_latency_is_sane_on_loopback() -> None:
-    report, _ = await probe_room({"rooms": [small("latency")]}, duration_s=4)
+    stalls = LoopStalls()
+    report, _ = await probe_room({"rooms": [small("latency")]}, duration_s=4, stalls=stalls)
     v = report.summary.video
     assert v is not None and v.latency_clock == "same_host"
     assert v.latency_p50_ms is not None and v.latency_p95_ms is not None
-    # capture → encode (one frame time of pacing + encode) → loopback → decode: tens of ms, never negative
-    assert 0 < v.latency_p50_ms < 400
-    assert v.latency_p50_ms <= v.latency_p95_ms < 1000
+    # capture → encode (one frame time of pacing + encode) → loopback → decode: tens of ms, never negative;
+    # a stall of this process (room and probe) holds the frames captured before it for as long (a CI run on
+    # a starved VM: p95 1.2 s)
+    longest = max((e - s for s, e in stalls.intervals), default=0.0)
+    assert 0 < v.latency_p50_ms < 400 + longest, (v.latency_p50_ms, stalls.intervals)
+    assert v.latency_p50_ms <= v.latency_p95_ms < 1000 + longest, (v.latency_p95_ms, stalls.intervals)
     assert all(s.latency_ms is None or s.latency_ms > 0 for s in report.timeline)
 
 
@@ -341,7 +345,8 @@ async def test_resolution_switch_shows_in_timeline_at_the_rooms_switch_time() ->
     }
     scenario = {"rooms": [room], "impairments": [{"at_ms": 3000, "rendition": "360p"}]}
     for decode in (True, False):
-        report, truth = await probe_room(scenario, duration_s=6, decode=decode)
+        stalls = LoopStalls()
+        report, truth = await probe_room(scenario, duration_s=6, decode=decode, stalls=stalls)
         v = report.summary.video
         assert v is not None
         sizes = [(c.width, c.height) for c in v.resolution_timeline]
@@ -353,7 +358,10 @@ async def test_resolution_switch_shows_in_timeline_at_the_rooms_switch_time() ->
         assert sizes == [(c["width"], c["height"]) for c in truth["resolution_changes"]] == [
             (1280, 720), (640, 360)], why
         switch_sent = truth["resolution_changes"][1]["t_ms"] - started_ms(report)
-        assert v.resolution_timeline[1].t_s * 1000 == pytest.approx(switch_sent, abs=250)
+        seen = v.resolution_timeline[1].t_s * 1000
+        # later only by the stalls of this process in between (a CI run on a starved VM: 325 ms)
+        slack = _outside_stall_ms(stalls, started_ms(report) + switch_sent - 100, started_ms(report) + seen)
+        assert seen == pytest.approx(switch_sent, abs=250 + slack), (seen, switch_sent, stalls.intervals)
         assert 0.3 < (v.hd_share or 0) < 0.7
         assert report.timeline[1].height == 720 and report.timeline[-1].height == 360
 
@@ -454,7 +462,9 @@ async def test_content_freeze_shows_as_repeated_markers_not_as_a_w3c_freeze() ->
     assert report.failure is None and v is not None
     (stuck,) = truth["content_freezes"]
     viewer = truth["viewers"][-1]
-    assert viewer["marker_repeated_frames"] == stuck["frames_repeated"] > 30
+    # the room held the picture for its frames (30 fps over the window on a quiet machine; fewer when the
+    # room's ticks ran late: a CI run on a starved VM, 14), and the probe counted exactly those
+    assert viewer["marker_repeated_frames"] == stuck["frames_repeated"] >= 10
     # every repeated frame the room sent was decoded and recognised as a repeat (a frame may be lost
     # to a decode-queue race at most rarely; none is lost on loopback)
     assert v.marker_repeated_frames == pytest.approx(stuck["frames_repeated"], abs=2)

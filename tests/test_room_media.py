@@ -74,8 +74,10 @@ async def test_join_decodes_marked_frames_at_the_configured_format(
     first, last = with_marker[0], with_marker[-1]
     tick_rate = (last.seq - first.seq) / ((last.capture_ms - first.capture_ms) / 1000)
     assert tick_rate == pytest.approx(rendition.fps, rel=0.05)
-    # what arrived: most ticks on an idle machine; a loaded one may skip some, so only a loose floor
-    assert len(frames) / elapsed >= rendition.fps * 0.3
+    # what arrived: most ticks on an idle machine; a loaded one may skip some, so only a loose floor, and the
+    # ticks the room itself could not run (it records them) count as sent (a CI run on a starved VM: 7.5 fps)
+    skipped = sum(e["ticks_skipped"] for e in truth["encoders"].values())
+    assert (len(frames) + skipped) / elapsed >= rendition.fps * 0.3, (len(frames), skipped, elapsed)
     assert len(frames) >= 0.8 * (truth_frames_sent := truth["viewers"][0]["frames_sent"]) - 5, truth_frames_sent
     wall_now = time.time() * 1000
     assert all(wall_now - 60_000 < f.marker.capture_ms <= f.wall_ms + 1 for f in frames if f.marker)
@@ -277,7 +279,7 @@ async def test_delay_and_cap_end_to_end(session: aiohttp.ClientSession) -> None:
         Rule(match={"path": ("capped",)}, cap_kbps=400, queue_ms=100),
     )
     config = ServerConfig(rooms=(RoomConfig("test", renditions=(R360,), rules=rules, audio=None),))
-    async with RoomServer(config) as server:
+    async with RoomServer(config) as server, LoopStalls() as stalls:
         viewers = {
             p: WhepViewer(server.whep_url("test"), labels={"path": p}, audio=False) for p in ("fast", "slow", "capped")
         }
@@ -294,7 +296,10 @@ async def test_delay_and_cap_end_to_end(session: aiohttp.ClientSession) -> None:
         return lat[len(lat) // 2]
 
     extra = median_latency_ms(viewers["slow"]) - median_latency_ms(viewers["fast"])
-    assert 150 <= extra <= 400
+    # a stall of this process (room and viewers) can hold the delayed viewer's timers longer (a full run on
+    # a starved VM: 484 ms)
+    longest = max((e - s for s, e in stalls.intervals), default=0.0)
+    assert 150 <= extra <= 400 + longest, (extra, stalls.intervals)
     by_path = {v["labels"]["path"]: v for v in truth["viewers"]}
     assert by_path["slow"]["settings"][0]["delay_ms"] == 250
     capped = by_path["capped"]
