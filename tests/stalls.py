@@ -52,6 +52,10 @@ class LoopStalls:
         """True if a recorded stall overlaps [start_ms - margin, end_ms + margin] (wall clock, ms)."""
         return any(s < end_ms + margin_ms and e > start_ms - margin_ms for s, e in self.intervals)
 
+    def stalled_ms(self, start_ms: float, end_ms: float) -> float:
+        """How long this process was seen stalled within [start_ms, end_ms] (wall ms)."""
+        return sum(max(0.0, min(e, end_ms) - max(s, start_ms)) for s, e in self.intervals)
+
     def add_room_truth(self, truth: dict[str, Any]) -> None:
         """Count the times the room's encoders ran late (``late`` in its truth) as stalls too."""
         self.truth = truth

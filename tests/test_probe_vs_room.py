@@ -126,7 +126,7 @@ def _outside_stall_ms(watch: LoopStalls, start_wall_ms: float, end_wall_ms: floa
     """How long the test's own loop watcher saw the loop stalled in [start, end] apart from the injected
     interval's own span: stalls that are nobody's doing here (a busy machine, the hypervisor taking the
     CPU; a 250 ms gap in a bare sleep loop has been seen on an idle VM), which a host stall may absorb."""
-    return sum(max(0.0, min(e, end_wall_ms) - max(s, start_wall_ms)) for s, e in watch.intervals)
+    return watch.stalled_ms(start_wall_ms, end_wall_ms)
 
 
 async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flagged() -> None:
