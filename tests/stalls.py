@@ -53,7 +53,8 @@ class LoopStalls:
         return any(s < end_ms + margin_ms and e > start_ms - margin_ms for s, e in self.intervals)
 
     def stalled_ms(self, start_ms: float, end_ms: float) -> float:
-        """How long this process was seen stalled within [start_ms, end_ms] (wall ms)."""
+        """How long this process was seen stalled within [start_ms, end_ms] (wall ms): stalls nobody here caused
+        (a busy machine, the hypervisor taking the CPU), which a measurement may absorb."""
         return sum(max(0.0, min(e, end_ms) - max(s, start_ms)) for s, e in self.intervals)
 
     def add_room_truth(self, truth: dict[str, Any]) -> None:

@@ -122,13 +122,6 @@ def _stall_covering(report: Report, start_wall_ms: float, end_wall_ms: float) ->
     return covering[0]
 
 
-def _outside_stall_ms(watch: LoopStalls, start_wall_ms: float, end_wall_ms: float) -> float:
-    """How long the test's own loop watcher saw the loop stalled in [start, end] apart from the injected
-    interval's own span: stalls that are nobody's doing here (a busy machine, the hypervisor taking the
-    CPU; a 250 ms gap in a bare sleep loop has been seen on an idle VM), which a host stall may absorb."""
-    return watch.stalled_ms(start_wall_ms, end_wall_ms)
-
-
 async def test_a_stall_of_the_probes_own_process_is_reported_and_its_freeze_flagged() -> None:
     blocked: list[float] = []
 
@@ -193,7 +186,7 @@ async def test_a_starved_decoder_thread_is_a_host_stall_and_its_freeze_flagged()
     assert "decoder" in str(stall.detail["source"]).split("+"), stall
     # from the held frame's arrival (the sleep began as it was taken up) to the end of the backlog's
     # decode; a stall from outside inside that window (the watcher's) may lengthen it
-    outside = _outside_stall_ms(watch, starved[0] - 200, starved[1] + 300)
+    outside = watch.stalled_ms(starved[0] - 200, starved[1] + 300)
     assert 400 - 30 <= float(stall.detail["duration_ms"]) <= 400 + 150 + outside, (stall, watch.intervals)
     assert hs.decoder_count >= 1 and hs.count == len([e for e in report.events if e.type == "host_stall"])
     flagged = [e for e in report.events if e.type == "freeze_start" and e.detail.get("host_stall")]
@@ -327,7 +320,7 @@ async def test_freeze_still_running_at_session_end_is_counted_and_flagged() -> N
     # (a CI run on a starved VM: 0.6 s later, inside a measured stall)
     start_ms = started_ms(report) + freezes[-1].t_s * 1000
     late = start_ms - wire["scheduled_start_ms"]
-    slack = _outside_stall_ms(stalls, wire["scheduled_start_ms"] - 100, start_ms)
+    slack = stalls.stalled_ms(wire["scheduled_start_ms"] - 100, start_ms)
     assert -100 <= late <= 150 + slack, (late, slack, freezes, stalls.intervals)
     assert wire["scheduled_start_ms"] - started_ms(report) == pytest.approx(2500, abs=300)
     assert float(freezes[-1].detail["duration_ms"]) == pytest.approx(1500 - max(0.0, late), abs=300)
@@ -360,7 +353,7 @@ async def test_resolution_switch_shows_in_timeline_at_the_rooms_switch_time() ->
         switch_sent = truth["resolution_changes"][1]["t_ms"] - started_ms(report)
         seen = v.resolution_timeline[1].t_s * 1000
         # later only by the stalls of this process in between (a CI run on a starved VM: 325 ms)
-        slack = _outside_stall_ms(stalls, started_ms(report) + switch_sent - 100, started_ms(report) + seen)
+        slack = stalls.stalled_ms(started_ms(report) + switch_sent - 100, started_ms(report) + seen)
         assert seen == pytest.approx(switch_sent, abs=250 + slack), (seen, switch_sent, stalls.intervals)
         assert 0.3 < (v.hd_share or 0) < 0.7
         assert report.timeline[1].height == 720 and report.timeline[-1].height == 360
