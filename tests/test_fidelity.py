@@ -22,12 +22,16 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.chromium, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(420)]
+from tests.realtime import attempt
+
+pytestmark = [pytest.mark.chromium, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(420),
+              pytest.mark.realtime]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -50,16 +54,48 @@ LONG_MS = 280
 probe also sees 190-250 ms stalls of its own under CPU load that Chromium's playout buffer absorbs."""
 
 
+def _summaries(raw: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["scenario"]: {**fidelity.summarize(r), "raw": r} for r in raw}
+
+
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict[str, Any]]:
+def first_run() -> dict[str, dict[str, Any]]:
+    """Every scenario, run once for the whole module (about 100 s)."""
     raw = fidelity.run_all(fidelity.SCENARIOS, DURATION_S)
     out = Path(tempfile.gettempdir()) / "streamqoe-test-out"
     out.mkdir(exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(raw, indent=1))
-    return {r["scenario"]: {**fidelity.summarize(r), "raw": r} for r in raw}
+    return _summaries(raw)
 
 
-def _sides(results: dict[str, dict[str, Any]], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+class Scenarios(Mapping[str, dict[str, Any]]):
+    """The scenarios' results as a test sees them. A test run again by the ``realtime`` plugin (its attempt
+    failed on a starved machine, tests/realtime.py) must not judge the same starved run again: on a later
+    attempt, each scenario the test reads is run afresh (once per attempt) and replaces the module's copy."""
+
+    def __init__(self, cache: dict[str, dict[str, Any]], fresh: bool) -> None:
+        self.cache, self.fresh, self.rerun = cache, fresh, set[str]()
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if self.fresh and name not in self.rerun:
+            (scenario,) = [sc for sc in fidelity.SCENARIOS if sc.name == name]
+            self.cache |= _summaries(fidelity.run_all([scenario], DURATION_S))
+            self.rerun.add(name)
+        return self.cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+
+@pytest.fixture
+def results(request: pytest.FixtureRequest, first_run: dict[str, dict[str, Any]]) -> Scenarios:
+    return Scenarios(first_run, fresh=attempt(request.node) > 1)
+
+
+def _sides(results: Mapping[str, dict[str, Any]], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     s = results[name]
     probe, chrome = s["probe"], s["chromium"]
     assert not probe.get("failure"), probe
@@ -76,7 +112,7 @@ def _probe_own_freezes(probe: dict[str, Any]) -> dict[str, float]:
             "seconds": probe["totalFreezesDuration"] - sum(host) / 1000.0}
 
 
-def test_clean(results: dict[str, dict[str, Any]]) -> None:
+def test_clean(results: Mapping[str, dict[str, Any]]) -> None:
     probe, chrome = _sides(results, "clean")
     # No impairment is not no freeze on a loaded 2-core box: the probe renders at decode time with no
     # playout buffer, so a stall of its own process is a freeze to it (0-2 per 15 s, 190-620 ms), and a
@@ -92,7 +128,7 @@ def test_clean(results: dict[str, dict[str, Any]]) -> None:
     assert probe["fps"] > 20 and chrome["fps"] > 20
 
 
-def test_scheduled_freezes(results: dict[str, dict[str, Any]]) -> None:
+def test_scheduled_freezes(results: Mapping[str, dict[str, Any]]) -> None:
     probe, chrome = _sides(results, "freezes")
     matched: dict[str, list[int]] = {}
     for who, side in (("probe", probe), ("chromium", chrome)):
@@ -120,13 +156,13 @@ def test_scheduled_freezes(results: dict[str, dict[str, Any]]) -> None:
     assert abs(shares["probe"] - shares["chromium"]) <= 0.1, (matched, shares)
 
 
-def test_resolution_switch(results: dict[str, dict[str, Any]]) -> None:
+def test_resolution_switch(results: Mapping[str, dict[str, Any]]) -> None:
     probe, chrome = _sides(results, "switch")
     assert probe["sizes"] == chrome["sizes"] == [(640, 360), (320, 180)]
 
 
 @pytest.mark.parametrize(("name", "chrome_undercount_pp"), [("loss2", 0.5), ("loss10", 2.0)])
-def test_loss(results: dict[str, dict[str, Any]], name: str, chrome_undercount_pp: float) -> None:
+def test_loss(results: Mapping[str, dict[str, Any]], name: str, chrome_undercount_pp: float) -> None:
     probe, chrome = _sides(results, name)
     truth_p, truth_c = results[name]["truth_probe"], results[name]["truth_chromium"]
     assert abs(probe["loss_pct"] - truth_p["loss_pct"]) <= 0.5
@@ -139,7 +175,7 @@ def test_loss(results: dict[str, dict[str, Any]], name: str, chrome_undercount_p
     assert _probe_own_freezes(probe)["count"] <= chrome["freezeCount"] + 1, (probe, chrome["freezes_ms"])
 
 
-def _machine_slack_ms(results: dict[str, dict[str, Any]], name: str) -> float:
+def _machine_slack_ms(results: Mapping[str, dict[str, Any]], name: str) -> float:
     """The longest stall measured during scenario ``name`` on this machine: of the probe's own process or
     of the room (its late ticks). Chromium shares the machine, so a stall while a reply is due delays its
     reading as well (a CI run on a starved VM: Chromium's RTT 110.6 ms through the 80 ms delay)."""
@@ -147,7 +183,7 @@ def _machine_slack_ms(results: dict[str, dict[str, Any]], name: str) -> float:
     return max(raw["probe"]["summary"]["host_stalls"]["max_ms"] or 0.0, raw.get("room_late_max_ms") or 0.0)
 
 
-def test_rtt(results: dict[str, dict[str, Any]]) -> None:
+def test_rtt(results: Mapping[str, dict[str, Any]]) -> None:
     """Both measure the ICE round trip from STUN checks on the nominated pair: under a millisecond or so on
     loopback, and the room's 80 ms added delay (which it applies to its STUN replies too) in both."""
     probe, chrome = _sides(results, "clean")

@@ -27,7 +27,7 @@ import pytest
 from probe.session import ProbeOptions, run_session
 from tests import netns
 
-pytestmark = [pytest.mark.janus, pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.janus, pytest.mark.root, pytest.mark.slow, pytest.mark.realtime]
 
 JANUS = "/usr/bin/janus"
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from aiortc.codecs import CODECS
 
 from tests import netns
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.realtime]
 
 SKIP = netns.available()
 if SKIP:

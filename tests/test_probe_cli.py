@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 PROBE_TOKEN = "probe-token-0123456789abcdef"
 READER_TOKEN = "reader-token-0123456789abcdef"

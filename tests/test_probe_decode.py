@@ -116,6 +116,7 @@ def room_url() -> Iterator[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.realtime
 def test_probe_cli_no_loop_filter_reports_its_mode_and_full_measurements(room_url: str, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     done = subprocess.run(streamqoe("probe", room_url, "--duration", "4", "--no-loop-filter", "--json", str(out)),

@@ -21,7 +21,7 @@ from probe.session import ProbeOptions, run_session
 from room.config import RoomConfig, ServerConfig
 from room.server import RoomServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 Rewrite = Callable[[str], str]
 CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d) (\S+) (\d+) (\S+) (\d+) typ host.*$", re.MULTILINE)

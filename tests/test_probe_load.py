@@ -13,7 +13,7 @@ from room.truth import classify_freezes
 from tests.stalls import room_truth
 from tests.test_probe_cli import room_process, streamqoe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 
 @pytest.fixture(scope="module")

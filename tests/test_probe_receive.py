@@ -19,7 +19,7 @@ from probe.report import Report
 from probe.session import ProbeOptions, Session
 from tests.test_probe_cli import room_process
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 STALL_S, EVERY_S = 0.200, 0.400
 

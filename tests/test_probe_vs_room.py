@@ -24,7 +24,7 @@ from room.scenario import parse as parse_scenario
 from room.server import RoomServer
 from tests.stalls import LoopStalls
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 
 def small(name: str) -> dict[str, Any]:
@@ -472,7 +472,13 @@ async def test_content_freeze_shows_as_repeated_markers_not_as_a_w3c_freeze() ->
         return t0 + e.t_s * 1000, t0 + e.t_s * 1000 + float(e.detail["duration_ms"])
 
     repeats = [e for e in report.events if e.type == "marker_repeat"]
-    (held,) = [e for e in repeats if span(e)[0] < stuck["end_ms"] and span(e)[1] > stuck["start_ms"]]
+    def overlap(e: Any) -> float:
+        return min(span(e)[1], stuck["end_ms"]) - max(span(e)[0], stuck["start_ms"])
+
+    # the marker freeze over the content freeze is the one that overlaps it most (an arrival gap next to it,
+    # a stall of this process, is a marker freeze of its own, and is held to the rule below like any other)
+    held = max(repeats, key=overlap)
+    assert overlap(held) > 0, (repeats, stuck)
     gaps = [span(e) for e in report.events if e.type == "freeze_start"]
     others = [e for e in repeats if e is not held and not any(a < span(e)[1] and b > span(e)[0] for a, b in gaps)]
     assert others == [], (repeats, gaps)

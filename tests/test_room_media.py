@@ -20,7 +20,7 @@ from room.server import RoomServer
 from room.whepclient import ReceivedFrame, WhepViewer
 from tests.stalls import LoopStalls
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.realtime]
 
 R360 = Rendition("360p", 640, 360, 30, 800)
 R180 = Rendition("180p", 320, 180, 30, 300)
