@@ -67,6 +67,19 @@ def is_rtcp(data: bytes) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 208
 
 
+def rtx_original_seq(data: bytes) -> int | None:
+    """The original sequence number (OSN) an RTX packet carries: the first two bytes of its payload, after
+    the CSRCs and any header extension (RFC 4588 §4, RFC 3550 §5.3.1); None if the packet is too short."""
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        if len(data) < offset + 4:
+            return None
+        offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+    if len(data) < offset + 2:
+        return None
+    return int.from_bytes(data[offset : offset + 2], "big")
+
+
 class SendPath:
     """One viewer's send path. ``ssrcs`` must be set (``set_ssrcs``) before media flows."""
 
@@ -195,6 +208,8 @@ class SendPath:
             lost_burst = self._burst is not None and self._burst.lost()
             if lost_random or lost_burst:
                 self._drop(counts, "random" if lost_random else "burst")
+                if kind == "rtx":
+                    self._record_rtx_drop(data)
                 return
         if self._direct and not self._line:  # no cap, no delay: straight out
             await original(data)
@@ -297,6 +312,12 @@ class SendPath:
         self._line_wakeup.set()
         if self._line_task is None:
             self._line_task = asyncio.create_task(self._run_line())
+
+    def _record_rtx_drop(self, data: bytes) -> None:
+        """Count a dropped retransmission against its original packet."""
+        osn = rtx_original_seq(data)
+        if osn is not None:
+            self.truth.rtx_drops[osn] += 1
 
     def _drop(self, counts: PacketCounts, cause: str) -> None:
         counts.packets_dropped += 1

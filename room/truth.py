@@ -122,6 +122,8 @@ class ViewerTruth:
     other: PacketCounts = field(default_factory=PacketCounts)
     dropped_by: Counter[str] = field(default_factory=Counter)
     """Drops by cause: ``random``, ``burst``, ``cap``."""
+    rtx_drops: Counter[int] = field(default_factory=Counter)
+    """Random or burst drops of retransmissions, per original sequence number (the RTX payload's OSN)."""
     frames_sent: int = 0
     keyframes_sent: int = 0
     last_marker_seq: int | None = None
@@ -152,6 +154,7 @@ class ViewerTruth:
             "audio": self.audio.to_dict(),
             "other_rtp": self.other.to_dict(),
             "dropped_by": dict(self.dropped_by),
+            "rtx_dropped_times": {str(k): n for k, n in sorted(Counter(self.rtx_drops.values()).items())},
             "frames_sent": self.frames_sent,
             "keyframes_sent": self.keyframes_sent,
             "last_marker_seq": self.last_marker_seq,

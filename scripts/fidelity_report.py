@@ -153,7 +153,8 @@ def run_all(scenarios: list[Scenario] = SCENARIOS, duration_s: float = 15.0) -> 
                 t0 = time.time() * 1000.0
                 result = run_scenario(ns, work, sc, duration_s)
                 total, longest = room_late_ms(result["truth"], t0, time.time() * 1000.0)
-                result |= {"attempt": attempt, "room_late_ms": total, "room_late_max_ms": longest}
+                result |= {"attempt": attempt, "room_late_ms": total, "room_late_max_ms": longest,
+                           "window_ms": [t0, time.time() * 1000.0]}
                 if total < ROOM_LATE_RETRY_MS:
                     break
             results.append(result)

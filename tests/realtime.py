@@ -44,23 +44,25 @@ STEAL_SHARE = 0.10
 _WATCHER = """
 import sys, time
 gap = float(sys.argv[1]) / 1000.0
+def cpu():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return v[7], sum(v)
+next_sample = 0.0
 while True:
     before = time.time()
+    if before >= next_sample:
+        try:
+            steal, total = cpu()
+            print(f"S {before * 1000.0:.1f} {steal} {total}", flush=True)
+        except (OSError, ValueError, IndexError):
+            pass
+        next_sample = before + 0.25
     time.sleep(0.005)
     after = time.time()
     if after - before - 0.005 >= gap:
-        print(f"{before * 1000.0:.1f} {after * 1000.0:.1f}", flush=True)
+        print(f"G {before * 1000.0:.1f} {after * 1000.0:.1f}", flush=True)
 """
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs so far, from /proc/stat; (0, 0) where there is none."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return 0, 0
-    return fields[7], sum(fields)
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,12 @@ class Starvation:
 
 
 class MachineWatch:
-    """A watcher process recording, for the whole session, when the machine could not run it on time."""
+    """A watcher process recording, for the whole session, when the machine could not run it on time and
+    how much CPU the hypervisor stole (sampled every 250 ms), so any past window can be judged."""
 
     def __init__(self) -> None:
         self.intervals: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, int, int]] = []
         self._lock = threading.Lock()
         self._proc = subprocess.Popen([sys.executable, "-c", _WATCHER, str(GAP_MS)], stdout=subprocess.PIPE,
                                       text=True)
@@ -98,25 +102,36 @@ class MachineWatch:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            start, end = (float(x) for x in line.split())
+            kind, *fields = line.split()
             with self._lock:
-                self.intervals.append((start, end))
+                if kind == "G":
+                    self.intervals.append((float(fields[0]), float(fields[1])))
+                else:
+                    self.samples.append((float(fields[0]), int(fields[1]), int(fields[2])))
 
-    def mark(self) -> tuple[float, tuple[int, int]]:
-        """The start of a window: wall ms and the CPU times, for :meth:`since`."""
-        return time.time() * 1000.0, _cpu_times()
-
-    def since(self, mark: tuple[float, tuple[int, int]]) -> Starvation:
-        start_ms, (steal0, total0) = mark
-        time.sleep(2 * GAP_MS / 1000.0)  # a stall still under way at the end is reported when it ends
-        end_ms = time.time() * 1000.0
-        steal1, total1 = _cpu_times()
+    def window(self, windows: list[tuple[float, float]]) -> Starvation:
+        """What the machine did over ``windows`` (wall ms intervals, may overlap); waits out a stall still
+        under way at the end of the last, which is reported only when it ends."""
+        time.sleep(2 * GAP_MS / 1000.0 + 0.25)
+        merged: list[list[float]] = []
+        for a, b in sorted(windows):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
         with self._lock:
-            spans = [(max(a, start_ms), min(b, end_ms)) for a, b in self.intervals if b > start_ms and a < end_ms]
-        lengths = [b - a for a, b in spans]
-        return Starvation(wall_ms=end_ms - start_ms, stalls=len(spans), stalled_ms=sum(lengths),
-                          longest_ms=max(lengths, default=0.0),
-                          steal_share=(steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0)
+            intervals, samples = list(self.intervals), list(self.samples)
+        lengths = [min(b, end) - max(a, start) for start, end in merged for a, b in intervals
+                   if b > start and a < end]  # fmt: skip
+        steal = total = 0
+        for start, end in merged:
+            before = [s for s in samples if s[0] <= start] or samples[:1]
+            after = [s for s in samples if s[0] >= end] or samples[-1:]
+            if before and after and after[0][0] > before[-1][0]:
+                steal += after[0][1] - before[-1][1]
+                total += after[0][2] - before[-1][2]
+        return Starvation(wall_ms=sum(b - a for a, b in merged), stalls=len(lengths), stalled_ms=sum(lengths),
+                          longest_ms=max(lengths, default=0.0), steal_share=steal / total if total > 0 else 0.0)
 
     def close(self) -> None:
         self._proc.kill()
@@ -125,6 +140,7 @@ class MachineWatch:
 
 _watch: MachineWatch | None = None
 ATTEMPT = pytest.StashKey[int]()
+WINDOWS = pytest.StashKey[list[tuple[float, float]]]()
 _rerun: list[tuple[str, list[str]]] = []
 
 
@@ -138,6 +154,12 @@ def machine_watch() -> MachineWatch:
 def attempt(item: pytest.Item) -> int:
     """Which attempt of ``item`` this is (1 for the first); a test can use it to redo cached work."""
     return item.stash.get(ATTEMPT, 1)
+
+
+def evidence(item: pytest.Item, start_ms: float, end_ms: float) -> None:
+    """Declare that the current attempt of ``item`` judges what was measured over [start_ms, end_ms] (wall
+    clock), outside the attempt itself (a module fixture's run): the machine is judged over that too."""
+    item.stash.setdefault(WINDOWS, []).append((start_ms, end_ms))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -161,14 +183,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     earlier: list[str] = []
     for n in range(1, ATTEMPTS + 1):
         item.stash[ATTEMPT] = n
+        item.stash[WINDOWS] = []
         if n > 1:
             _restart_timeout(item)
-        mark = watch.mark()
+        start_ms = time.time() * 1000.0
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         failed = [r for r in reports if r.failed]
         if not failed:
             break
-        machine = watch.since(mark)
+        machine = watch.window([(start_ms, time.time() * 1000.0), *item.stash[WINDOWS]])
         why = next((_crash(r) for r in failed), "failed")
         earlier.append(f"attempt {n} failed ({why[:300]}); the machine over it: {machine.describe()}")
         if not machine.starved or n == ATTEMPTS:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.realtime import attempt
+from tests.realtime import attempt, evidence
 
 pytestmark = [pytest.mark.chromium, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(420),
               pytest.mark.realtime]
@@ -73,15 +73,18 @@ class Scenarios(Mapping[str, dict[str, Any]]):
     failed on a starved machine, tests/realtime.py) must not judge the same starved run again: on a later
     attempt, each scenario the test reads is run afresh (once per attempt) and replaces the module's copy."""
 
-    def __init__(self, cache: dict[str, dict[str, Any]], fresh: bool) -> None:
-        self.cache, self.fresh, self.rerun = cache, fresh, set[str]()
+    def __init__(self, cache: dict[str, dict[str, Any]], fresh: bool, item: pytest.Item | None = None) -> None:
+        self.cache, self.fresh, self.item, self.rerun = cache, fresh, item, set[str]()
 
     def __getitem__(self, name: str) -> dict[str, Any]:
         if self.fresh and name not in self.rerun:
             (scenario,) = [sc for sc in fidelity.SCENARIOS if sc.name == name]
             self.cache |= _summaries(fidelity.run_all([scenario], DURATION_S))
             self.rerun.add(name)
-        return self.cache[name]
+        got = self.cache[name]
+        if self.item is not None:  # the machine is judged over the time this scenario ran, not only the test's
+            evidence(self.item, *got["raw"]["window_ms"])
+        return got
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.cache)
@@ -92,7 +95,7 @@ class Scenarios(Mapping[str, dict[str, Any]]):
 
 @pytest.fixture
 def results(request: pytest.FixtureRequest, first_run: dict[str, dict[str, Any]]) -> Scenarios:
-    return Scenarios(first_run, fresh=attempt(request.node) > 1)
+    return Scenarios(first_run, fresh=attempt(request.node) > 1, item=request.node)
 
 
 def _sides(results: Mapping[str, dict[str, Any]], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -103,6 +106,11 @@ def _sides(results: Mapping[str, dict[str, Any]], name: str) -> tuple[dict[str, 
     print(name, "probe", probe, "chromium", chrome, "truth", s.get("truth_probe"), "truth_chromium",
           s.get("truth_chromium"))
     return probe, chrome
+
+
+def _viewer(scenario: dict[str, Any], who: str) -> dict[str, Any]:
+    """The room's truth for viewer ``who`` in a scenario's run (the last, if it joined more than once)."""
+    return [v for v in scenario["raw"]["truth"]["viewers"] if v["labels"].get("who") == who][-1]
 
 
 def _probe_own_freezes(probe: dict[str, Any]) -> dict[str, float]:
@@ -170,9 +178,14 @@ def test_loss(results: Mapping[str, dict[str, Any]], name: str, chrome_undercoun
     assert truth_c["loss_pct"] - chrome_undercount_pp <= chrome["loss_pct"] <= truth_c["loss_pct"] + 0.1
     assert probe["fps"] > 15 and chrome["fps"] > 15
     # Both re-request lost retransmissions (the probe every 100 ms, as libwebrtc without an RTT
-    # estimate), so random loss repaired by NACK/RTX is not a freeze for either; a freeze needs the same
-    # packet lost about three times in a row (rare, and independent per viewer): allow one more
-    assert _probe_own_freezes(probe)["count"] <= chrome["freezeCount"] + 1, (probe, chrome["freezes_ms"])
+    # estimate), so loss repaired by one retransmission is not a freeze for either. A packet whose
+    # retransmission the room dropped twice arrives 200 ms or more late: a freeze for the probe, which
+    # renders without a playout buffer, and often none for Chromium, whose buffer absorbs it. At 10 % loss
+    # that is about 1 packet in 15 s (measured 0-2), so the room's own count of them (``rtx_dropped_times``)
+    # is allowed for, plus one for a once-repaired loss of a frame's last packet (found a frame later).
+    late = sum(n for times, n in _viewer(results[name], "probe")["rtx_dropped_times"].items() if int(times) >= 2)
+    assert _probe_own_freezes(probe)["count"] <= chrome["freezeCount"] + late + 1, (
+        probe, chrome["freezes_ms"], late)
 
 
 def _machine_slack_ms(results: Mapping[str, dict[str, Any]], name: str) -> float:

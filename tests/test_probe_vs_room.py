@@ -264,6 +264,9 @@ async def test_configured_loss_is_measured(loss_pct: float, fast_receive: bool) 
     # NACK + RTX repair most of it: residual loss is what retransmission could not recover
     assert st.nackCount > 0 and st.retransmittedPacketsReceived > 0
     assert st.residual_loss_pct is not None and st.residual_loss_pct < st.loss_pct
+    # the room's record of dropped retransmissions per original packet adds up to its RTX drop count
+    per_packet = truth["rtx_dropped_times"]
+    assert sum(int(times) * n for times, n in per_packet.items()) == truth["rtx"]["packets_dropped"] > 0
 
 
 async def test_scheduled_freezes_are_counted_with_their_durations() -> None:

@@ -70,17 +70,23 @@ def test_a_failure_on_a_machine_that_was_not_starved_is_not_run_again(
     result.stdout.fnmatch_lines(["*attempt 1 failed*not starved*"])
 
 
-def test_the_watcher_measures_a_stall_it_is_put_through() -> None:
+def test_the_watcher_measures_a_stall_it_is_put_through_in_a_past_window() -> None:
     watch = MachineWatch()
     try:
-        time.sleep(0.3)  # the watcher is running
-        mark = watch.mark()
+        time.sleep(0.5)  # the watcher is running
+        before = (time.time() * 1000.0 - 300.0, time.time() * 1000.0)
+        start_ms = time.time() * 1000.0
         os.kill(watch._proc.pid, signal.SIGSTOP)
         time.sleep(0.4)
         os.kill(watch._proc.pid, signal.SIGCONT)
-        got = watch.since(mark)
+        stopped = (start_ms, time.time() * 1000.0)
+        time.sleep(1.0)  # judged afterwards, as a module fixture's run is
+        got = watch.window([stopped])
+        earlier = watch.window([before])
     finally:
         watch.close()
     # the 400 ms it was stopped, give or take the machine's own wake-up delays
     assert 350 <= got.longest_ms <= 1000, got
     assert got.starved, got
+    assert earlier.longest_ms < 350, earlier  # the window before it does not get the stall
+    assert 0.0 <= got.steal_share <= 1.0 and got.wall_ms > 390

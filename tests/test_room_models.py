@@ -14,7 +14,7 @@ from room.config import RoomConfig, parse_room_spec
 from room.impairments import DelayJitter, GilbertElliott, RandomLoss, TokenBucket
 from room.scenario import load, parse
 from room.schedule import BurstLoss, Refusal, Rule, Settings, next_change_ms, settings_at
-from room.sendpath import RtpHeader, is_rtcp
+from room.sendpath import RtpHeader, is_rtcp, rtx_original_seq
 
 
 def test_random_loss_is_exact_for_a_seed() -> None:
@@ -357,3 +357,14 @@ def test_classify_freezes_by_what_explains_them() -> None:
     # a stall the caller saw (e.g. of the event loop room and probe share) explains it
     got = classify_freezes(report, truth, seen=[(1_002_500.0, 1_002_600.0)])
     assert [e["t_s"] for e in got["seen_stall"]] == [2.36] and got["unexplained"] == []
+
+
+def test_rtx_original_seq_reads_the_osn_after_csrcs_and_extension() -> None:
+    header = bytes([0x80, 97]) + (7).to_bytes(2, "big") + bytes(8)
+    assert rtx_original_seq(header + (0xBEEF).to_bytes(2, "big") + b"payload") == 0xBEEF
+    # one CSRC and a one-byte-header extension of 2 words (abs-send-time + padding)
+    csrc_ext = bytes([0x91, 97]) + (7).to_bytes(2, "big") + bytes(8) + bytes(4)
+    csrc_ext += bytes.fromhex("bede0002") + bytes(8)
+    assert rtx_original_seq(csrc_ext + (1234).to_bytes(2, "big")) == 1234
+    assert rtx_original_seq(csrc_ext + b"\x04") is None  # cut inside the OSN
+    assert rtx_original_seq(csrc_ext[:18]) is None  # cut inside the extension header
