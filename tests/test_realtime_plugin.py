@@ -28,15 +28,19 @@ def test_flaky(tmp_path_factory):
 
 
 def run_inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, passes_on: int,
-              starved: bool) -> pytest.RunResult:
-    # the thresholds, not the measurement, decide here: every window counts as starved, or none does
+              starved: bool, severe: bool = False) -> pytest.RunResult:
+    # the thresholds, not the measurement, decide here: every window counts as starved (or beyond
+    # measurement), or none does
     steal = "-1.0" if starved else "math.inf"
+    severe_steal = "-1.0" if severe else "math.inf"
     pytester.makeconftest(f"""
 import math
 import tests.realtime as r
 r.STEAL_SHARE = {steal}
 r.STALLED_SHARE = math.inf
 r.LONGEST_MS = math.inf
+r.SEVERE_STEAL_SHARE = {severe_steal}
+r.SEVERE_STALLED_SHARE = math.inf
 """)
     pytester.makepyfile(FLAKY.format(passes_on=passes_on))
     monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -60,6 +64,15 @@ def test_a_failure_on_every_attempt_fails_with_each_attempts_measurement(
     assert (pytester.path / "runs").read_text() == "3"
     result.stdout.fnmatch_lines(["*realtime: attempts*", "*attempt 1 failed*", "*attempt 2 failed*",
                                  "*attempt 3 failed*"])
+
+
+def test_a_failure_on_every_attempt_beyond_measurement_is_a_skip_that_says_so(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_inner(pytester, monkeypatch, passes_on=99, starved=True, severe=True)
+    result.assert_outcomes(skipped=1)
+    assert (pytester.path / "runs").read_text() == "3"
+    result.stdout.fnmatch_lines(["*NOT MEASURED*", "*test_flaky*",
+                                 "*SKIPPED*not measurable on this machine: failed on all 3 attempts*attempt 3 *"])
 
 
 def test_a_failure_on_a_machine_that_was_not_starved_is_not_run_again(
