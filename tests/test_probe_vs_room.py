@@ -71,11 +71,12 @@ def video_stream(report: Report) -> Any:
     return next(s for s in report.summary.streams if s.kind == "video")
 
 
-@pytest.mark.parametrize("fast_receive", [True, False], ids=["direct-receive", "aiortc-receive"])
-async def test_clean_session_matches_what_the_room_sent(fast_receive: bool) -> None:
+@pytest.mark.parametrize(("fast_receive", "codec"), [(True, "vp8"), (False, "vp8"), (True, "h264")],
+                         ids=["direct-receive", "aiortc-receive", "h264"])
+async def test_clean_session_matches_what_the_room_sent(fast_receive: bool, codec: str) -> None:
     stalls = LoopStalls()
-    report, truth = await probe_room({"rooms": [{"name": "clean"}]}, duration_s=5, fast_receive=fast_receive,
-                                      stalls=stalls)
+    report, truth = await probe_room({"rooms": [{"name": "clean", "codec": codec}]}, duration_s=5,
+                                      fast_receive=fast_receive, stalls=stalls)
     assert report.failure is None, report.failure_message
     v = report.summary.video
     assert v is not None
