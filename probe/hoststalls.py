@@ -91,3 +91,14 @@ def merge(sources: dict[str, list[tuple[float, float]]]) -> list[tuple[float, fl
         else:
             out.append((s, e, (name,)))
     return out
+
+
+def cpu_steal_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot, from the ``cpu`` line of /proc/stat; (0, 0) where
+    there is none. Between two readings, steal / total is the hypervisor's share of this VM's CPU time."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7], sum(fields)) if len(fields) == 8 else (0, 0)

@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from probe.hoststalls import cpu_steal_ticks  # noqa: E402
+
 SLOW_S = 0.050  # the ack-latency goal: batches slower than this are listed by when they started
 TOKEN = "bench-platform-token-0123456789"
 READER = "bench-reader-token-0123456789"
@@ -164,12 +168,6 @@ def _export(port: int, pid: int) -> dict[str, float]:
     return {"lines": lines, "seconds": elapsed, "rss0": rss0, "peak": peak[0]}
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat: the hypervisor's share."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[7], sum(fields)
-
-
 def _proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads) and of its live children (the
     ingest workers), from /proc."""
@@ -307,7 +305,7 @@ def main() -> int:
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         p = mp.Process(target=_load, args=(port, args.seconds, args.connections, args.batch, args.rate, q))
         load0 = os.getloadavg()[0]
-        steal0 = _machine_ticks()
+        steal0 = cpu_steal_ticks()
         cpu0 = _proc_cpu_s(proc.pid)
         wal = WalWatcher(tmp / "bench.duckdb.wal")
         watch_stop, watch_q = mp.Event(), mp.Queue()  # type: ignore[var-annotated]
@@ -320,7 +318,7 @@ def main() -> int:
         machine_stalls: list[tuple[float, float]] = watch_q.get(timeout=30)
         watcher.join()
         cpu1 = _proc_cpu_s(proc.pid)
-        steal1 = _machine_ticks()
+        steal1 = cpu_steal_ticks()
         load1 = os.getloadavg()[0]
         p.join()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {READER}"})

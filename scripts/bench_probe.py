@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probe.hoststalls import cpu_steal_ticks  # noqa: E402
 from probe.load import run_fleet  # noqa: E402
 from room.truth import classify_freezes  # noqa: E402
 
@@ -152,6 +153,16 @@ def chromium_reference(url: str, duration: float) -> dict[str, Any] | None:
             "ttff_ms": data.get("ttff_ms"), "chromium": data.get("chromium")}
 
 
+def with_steal(run: Any, *args: Any) -> dict[str, Any]:
+    """``run(*args)``'s row, with the hypervisor's share of the machine's CPU time while it ran
+    (``cpu_steal_pct``, /proc/stat): a row measured while the VM was starved says so."""
+    steal0, total0 = cpu_steal_ticks()
+    row: dict[str, Any] = run(*args)
+    steal1, total1 = cpu_steal_ticks()
+    row["cpu_steal_pct"] = round(100 * (steal1 - steal0) / (total1 - total0), 1) if total1 > total0 else None
+    return row
+
+
 def fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -197,10 +208,11 @@ def main() -> int:
             for n in [int(x) for x in sizes.split(",") if x]:
                 for skip in skips if decode else [False]:
                     for fast in paths:  # back to back, so every variant sees the same machine
-                        rows.append(fleet_row(url, room.pid, truth_url, n, 1, args.duration, decode, fast, skip))
+                        rows.append(with_steal(fleet_row, url, room.pid, truth_url, n, 1, args.duration, decode,
+                                               fast, skip))
                         print(json.dumps(rows[-1]), file=sys.stderr)
         if args.room_viewers:
-            rows.append(fleet_row(url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))
+            rows.append(with_steal(fleet_row, url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))
             print(json.dumps(rows[-1]), file=sys.stderr)
         reference = chromium_reference(url, args.duration)
     finally:
@@ -210,7 +222,7 @@ def main() -> int:
             "false_freezes", "probes_with_freezes", "freezes_in_host_stalls", "freezes_room_late", "host_stall_s_max",
             "ttff_p50_ms",
             "loss_pct", "room_cpu_pct", "room_ticks_skipped",
-            "room_keyframes", "pli_received", "load_1m"]
+            "room_keyframes", "pli_received", "load_1m", "cpu_steal_pct"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -271,3 +271,13 @@ def test_no_decode_shows_nothing_before_the_first_keyframe_and_asks_for_one() ->
         (UndecodedFrame, True, 640), (UndecodedFrame, False, None)]
     assert not error.is_set() and tap.undecodable_frames == 1
     assert assembled == [False, True, False]  # every frame is still counted as received
+
+
+def test_cpu_steal_ticks_are_a_share_that_only_grows() -> None:
+    from probe.hoststalls import cpu_steal_ticks
+
+    steal0, total0 = cpu_steal_ticks()
+    sum(i * i for i in range(200_000))  # some CPU time passes
+    steal1, total1 = cpu_steal_ticks()
+    assert 0 <= steal0 <= total0 and 0 <= steal1 <= total1
+    assert steal1 >= steal0 and total1 >= total0
