@@ -102,3 +102,9 @@ def cpu_steal_ticks() -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return (fields[7], sum(fields)) if len(fields) == 8 else (0, 0)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The hypervisor's share of the CPU time between two :func:`cpu_steal_ticks` readings (None if no time
+    was counted between them)."""
+    return (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else None

@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from probe.hoststalls import cpu_steal_ticks  # noqa: E402
+from probe.hoststalls import cpu_steal_ticks, steal_share  # noqa: E402
 
 SLOW_S = 0.050  # the ack-latency goal: batches slower than this are listed by when they started
 TOKEN = "bench-platform-token-0123456789"
@@ -419,7 +419,7 @@ def main() -> int:
             f"second (count): {', '.join(f'{k} ({v})' for k, v in sorted(by_second.items()))}; checkpoints ended "
             f"in second: {', '.join(map(str, ckpt_s)) or 'none'}"
         )
-    steal = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    steal = steal_share(steal0, steal1) or 0.0
     print(f"\nCPU steal (the hypervisor's share of this VM's CPU time during the run, /proc/stat): {100 * steal:.1f} %")
     hit, clear = _split_by_overlap(res["starts"], lat, machine_stalls)
     longest = max((e - s for s, e in machine_stalls), default=0.0)

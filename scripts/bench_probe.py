@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from probe.hoststalls import cpu_steal_ticks  # noqa: E402
+from probe.hoststalls import cpu_steal_ticks, steal_share  # noqa: E402
 from probe.load import run_fleet  # noqa: E402
 from room.truth import classify_freezes  # noqa: E402
 
@@ -156,10 +156,10 @@ def chromium_reference(url: str, duration: float) -> dict[str, Any] | None:
 def with_steal(run: Any, *args: Any) -> dict[str, Any]:
     """``run(*args)``'s row, with the hypervisor's share of the machine's CPU time while it ran
     (``cpu_steal_pct``, /proc/stat): a row measured while the VM was starved says so."""
-    steal0, total0 = cpu_steal_ticks()
+    before = cpu_steal_ticks()
     row: dict[str, Any] = run(*args)
-    steal1, total1 = cpu_steal_ticks()
-    row["cpu_steal_pct"] = round(100 * (steal1 - steal0) / (total1 - total0), 1) if total1 > total0 else None
+    share = steal_share(before, cpu_steal_ticks())
+    row["cpu_steal_pct"] = None if share is None else round(100 * share, 1)
     return row
 
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from probe.hoststalls import cpu_steal_ticks
+from probe.hoststalls import cpu_steal_ticks, steal_share
 
 REGIONS = ("eu", "us", "ap")
 LOAD_NICE = 10
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         while time.monotonic() < t_end:
             time.sleep(min(15.0, max(0.0, t_end - time.monotonic())))
             _say(f"probing… {max(0.0, t_end - time.monotonic()):.0f} s left")
-        steal1 = cpu_steal_ticks()
+        share = steal_share(steal0, cpu_steal_ticks())
         if audience.wait(600) != 0:
             raise RuntimeError(f"audience model failed (status {audience.returncode}); see logs/audience.log")
         for p in probes:
@@ -198,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
         _stop(collector)
         db = run_dir / "streamqoe.duckdb"
         window = (room_t0_ms + 300 * probe_s, room_t0_ms + 750 * probe_s)
-        if steal1[1] > steal0[1]:
-            steal = 100 * (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
+        if share is not None:
+            steal = 100 * share
             _say(f"CPU steal while probing: {steal:.0f} % of this machine's CPU time went to the hypervisor"
                  + (" (starved: the regions the demo leaves alone have no impairment, so their freezes come "
                     "from this machine, the room and probes not running on time)" if steal >= STARVED_STEAL_PCT

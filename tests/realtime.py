@@ -39,6 +39,8 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol
 
+from probe.hoststalls import merge, steal_share
+
 ATTEMPTS = 3
 GAP_MS = 50.0
 """A wake-up this much later than asked for is a stall of the machine (an idle CFS sleeper wakes within a
@@ -56,20 +58,14 @@ machine ran well under two thirds of what it asked for), or the watcher was stal
 
 _WATCHER = """
 import sys, time
+from probe.hoststalls import cpu_steal_ticks
 gap = float(sys.argv[1]) / 1000.0
-def cpu():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return v[7], sum(v)
 next_sample = 0.0
 while True:
     before = time.time()
     if before >= next_sample:
-        try:
-            steal, total = cpu()
-            print(f"S {before * 1000.0:.1f} {steal} {total}", flush=True)
-        except (OSError, ValueError, IndexError):
-            pass
+        steal, total = cpu_steal_ticks()
+        print(f"S {before * 1000.0:.1f} {steal} {total}", flush=True)
         next_sample = before + 0.25
     time.sleep(0.005)
     after = time.time()
@@ -136,12 +132,7 @@ class MachineWatch:
         """What the machine did over ``windows`` (wall ms intervals, may overlap); waits out a stall still
         under way at the end of the last, which is reported only when it ends."""
         time.sleep(2 * GAP_MS / 1000.0 + 0.25)
-        merged: list[list[float]] = []
-        for a, b in sorted(windows):
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
+        merged = [(a, b) for a, b, _ in merge({"windows": windows})]
         with self._lock:
             intervals, samples = list(self.intervals), list(self.samples)
         lengths = [min(b, end) - max(a, start) for start, end in merged for a, b in intervals
@@ -154,7 +145,7 @@ class MachineWatch:
                 steal += after[0][1] - before[-1][1]
                 total += after[0][2] - before[-1][2]
         return Starvation(wall_ms=sum(b - a for a, b in merged), stalls=len(lengths), stalled_ms=sum(lengths),
-                          longest_ms=max(lengths, default=0.0), steal_share=steal / total if total > 0 else 0.0)
+                          longest_ms=max(lengths, default=0.0), steal_share=steal_share((0, 0), (steal, total)) or 0.0)
 
     def close(self) -> None:
         self._proc.kill()

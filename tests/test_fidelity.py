@@ -108,11 +108,6 @@ def _sides(results: Mapping[str, dict[str, Any]], name: str) -> tuple[dict[str, 
     return probe, chrome
 
 
-def _viewer(scenario: dict[str, Any], who: str) -> dict[str, Any]:
-    """The room's truth for viewer ``who`` in a scenario's run (the last, if it joined more than once)."""
-    return [v for v in scenario["raw"]["truth"]["viewers"] if v["labels"].get("who") == who][-1]
-
-
 def _probe_own_freezes(probe: dict[str, Any]) -> dict[str, float]:
     """The probe's freezes that did not overlap a stall of its own process: count and total seconds."""
     host = probe.get("host_freezes_ms", [])
@@ -183,7 +178,9 @@ def test_loss(results: Mapping[str, dict[str, Any]], name: str, chrome_undercoun
     # renders without a playout buffer, and often none for Chromium, whose buffer absorbs it. At 10 % loss
     # that is about 1 packet in 15 s (measured 0-2), so the room's own count of them (``rtx_dropped_times``)
     # is allowed for, plus one for a once-repaired loss of a frame's last packet (found a frame later).
-    late = sum(n for times, n in _viewer(results[name], "probe")["rtx_dropped_times"].items() if int(times) >= 2)
+    viewer = fidelity._viewer_truth(results[name]["raw"]["truth"], "probe")
+    assert viewer is not None
+    late = sum(n for times, n in viewer["rtx_dropped_times"].items() if int(times) >= 2)
     assert _probe_own_freezes(probe)["count"] <= chrome["freezeCount"] + late + 1, (
         probe, chrome["freezes_ms"], late)
 
