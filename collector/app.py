@@ -20,6 +20,7 @@ from collector.auth import TokenTable
 from collector.config import CollectorConfig
 from collector.errors import ApiError
 from collector.instruments import CollectorMetrics
+from collector.journal import JournaledStore
 from collector.maintenance import StoreMaintainer
 from collector.parse_pool import ParsePool
 from collector.state import (
@@ -89,7 +90,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         except asyncio.CancelledError:
             status = 499  # client went away; nonstandard code, for the log line only
             raise
-        except StoreProcessError as e:  # the store process died under this request; the next one restarts it
+        except StoreProcessError as e:  # the store process died, or the journal failed (a subclass): retry
             error = str(e)
             resp = web.json_response(
                 {"error": f"store unavailable ({e}); nothing of this request was acknowledged, retry it",
@@ -153,6 +154,16 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         loop.call_soon_threadsafe(metrics.store_starts.inc, ())
 
     def open_store() -> StoreAPI:
+        inner = open_database()
+        if cfg.ack_on != "journal":
+            return inner
+        try:
+            return JournaledStore(inner, f"{cfg.db_path}.journal", wall_ms=app[WALL_MS])
+        except BaseException:
+            inner.close()
+            raise
+
+    def open_database() -> StoreAPI:
         if cfg.store_process:
             return StoreClient(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, threads=cfg.store_threads,
                                wall_ms=app[WALL_MS], on_maintenance=on_maintenance,
@@ -176,7 +187,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     writer.start()
     app[WRITER] = writer
     # a store in its own process checkpoints there
-    maintainer = StoreMaintainer(store, on_run=on_maintenance) if isinstance(store, Store) else None
+    database = store.inner if isinstance(store, JournaledStore) else store
+    maintainer = StoreMaintainer(database, on_run=on_maintenance) if isinstance(database, Store) else None
     if maintainer is not None:
         maintainer.start()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
@@ -186,6 +198,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info(
         "store_open", path=cfg.db_path, events=await loop.run_in_executor(pool, store.count, "viewer_events"),
         recovered_staged_rows=store.recovered_rows,
+        journal_replayed_rows=store.replayed_rows if isinstance(store, JournaledStore) else None,
     )  # fmt: skip
     try:
         yield

@@ -16,6 +16,7 @@ reference; the example below is complete::
     ingest_workers = 0                  # processes parsing event batches (0 = in the collector process)
     store_threads = 1                   # DuckDB worker threads (ingest CPU vs parallel reads)
     store_process = false               # the store (DuckDB) in a process of its own (docs/collector.md)
+    ack_on = "commit"                   # "journal": acknowledge events once journaled (docs/collector.md)
     heartbeat_timeout_s = 60            # a session with no leave ends this long after its last event
 
     [[tokens]]
@@ -79,6 +80,9 @@ class CollectorConfig:
     store_process: bool = False
     """Run the store in a child process (``collector.store_process``): DuckDB's calls then never wait for
     the event loop's GIL, for ~0.5 ms of hand-over per request and one more process."""
+    ack_on: str = "commit"
+    """When a batch of viewer events is acknowledged: ``commit`` (after DuckDB's commit) or ``journal``
+    (after its append to a journal beside the database; DuckDB loads it behind, ``collector.journal``)."""
     heartbeat_timeout_s: float = 60.0
     tokens: tuple[Token, ...] = ()
     dev_tokens: bool = False
@@ -121,6 +125,10 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         if not isinstance(data["store_process"], bool):
             raise ValueError("store_process: must be true or false")
         kw["store_process"] = data["store_process"]
+    if "ack_on" in data:
+        if data["ack_on"] not in ("commit", "journal"):
+            raise ValueError('ack_on: must be "commit" or "journal"')
+        kw["ack_on"] = data["ack_on"]
     if "heartbeat_timeout_s" in data:
         v = data["heartbeat_timeout_s"]
         if isinstance(v, bool) or not isinstance(v, int | float) or not 1 <= v <= 86_400:
@@ -137,6 +145,8 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     if len(set(secrets_seen)) != len(secrets_seen):
         raise ValueError("tokens: two tokens share a secret")
     kw["tokens"] = tuple(tokens)
+    if kw.get("ack_on") == "journal" and kw.get("db_path", CollectorConfig.db_path).startswith(":memory:"):
+        raise ValueError('ack_on: "journal" needs a database file (db_path), not :memory:')
     return CollectorConfig(**kw)
 
 

@@ -102,6 +102,13 @@ class EventColumns:
     def event_ids(self) -> Column:
         return self.columns["event_id"]
 
+    def distinct_ids(self) -> int:
+        """How many different ``event_id`` values the batch holds (read from the packed form if that is
+        all there is, without unpacking the columns)."""
+        if self._columns is None and self._packed is not None:
+            return len(set(self._packed[0]["event_id"].split(_SEP))) if self.n else 0
+        return len(set(self.event_ids.tolist()))
+
 
 class BatchError(ValueError):
     """Item ``index`` of the batch is invalid; the message names the field like ``event_row``'s.

@@ -114,7 +114,34 @@ class CollectorMetrics:
                 "Store processes started (store_process = true): 1, plus one per store process that died.",
             )
         )
+        self.journal_backlog = r.add(
+            Gauge(
+                "streamqoe_journal_backlog_events",
+                "Events acknowledged from the journal and not yet loaded into the database (ack_on = journal).",
+            )
+        )
+        self.journal_loaded = r.add(
+            Counter("streamqoe_journal_loaded_events_total", "Journaled events loaded into the database.")
+        )
+        self.journal_loads = r.add(
+            Counter("streamqoe_journal_loads_total", "Loader transactions (each loads one or more journal records).")
+        )
+        self.journal_rejected = r.add(
+            Gauge(
+                "streamqoe_journal_rejected_records",
+                "Journal records the database refused on every attempt, saved beside the journal (should be 0).",
+            )
+        )
+        self._journal_seen = (0, 0)
         self._latest_started: dict[tuple[str, str], int] = {}  # fmt: skip
+
+    def observe_journal(self, backlog: int, loaded: int, loads: int, rejected: int) -> None:
+        """Update the journal series from the ``JournaledStore``'s running totals (at each scrape)."""
+        self.journal_backlog.set((), backlog)
+        self.journal_loaded.inc((), loaded - self._journal_seen[0])
+        self.journal_loads.inc((), loads - self._journal_seen[1])
+        self._journal_seen = (loaded, loads)
+        self.journal_rejected.set((), rejected)
 
     def observe_report(self, row: dict[str, Any], *, new: bool) -> None:
         """Update the probe series with one stored report (``row``: probe_reports columns).

@@ -17,6 +17,7 @@ from aiohttp import web
 from collector import queries
 from collector.auth import require_role
 from collector.errors import ApiError, field_of
+from collector.journal import JournaledStore
 from collector.metrics import CONTENT_TYPE
 from collector.state import CONFIG, METRICS, READ_POOL, REQ_ITEMS, REQ_TOKEN, STORE, TOKENS, WALL_MS, WRITER
 from collector.store import WriteJob
@@ -199,6 +200,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text format; needs a reader token (Prometheus: ``authorization`` in the scrape config)."""
     _auth(request, *READ_ROLES)
+    store = request.app[STORE]
+    if isinstance(store, JournaledStore):
+        request.app[METRICS].observe_journal(store.backlog_rows, store.loaded_rows, store.loads,
+                                                    store.rejected_records)
     return web.Response(
         body=request.app[METRICS].registry.render().encode(), headers={"Content-Type": CONTENT_TYPE}
     )

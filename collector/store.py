@@ -124,11 +124,36 @@ class WriteJob:
     kind: str
     rows: Sequence[tuple[Any, ...]] = ()
     events: EventColumns | None = None
+    received_ms: int | None = None
+    """The ``received_ms`` to store for these items; None = the commit's clock (``collector.journal`` sets
+    it to the time the job was journaled and acknowledged)."""
 
     @property
     def size(self) -> int:
         """Items in the job."""
         return self.events.n if self.events is not None else len(self.rows)
+
+
+def job_to_wire(job: WriteJob) -> tuple[Any, ...]:
+    """``job`` in a compact, picklable form (events packed, ``EventColumns.packed``)."""
+    if job.events is not None:
+        return ("events", job.events.n, job.events.packed(), job.received_ms)
+    return (job.kind, list(job.rows), job.received_ms)
+
+
+def job_from_wire(wire: tuple[Any, ...]) -> WriteJob:
+    """The ``WriteJob`` that ``job_to_wire`` gave ``wire`` for."""
+    if wire[0] == "events":
+        return WriteJob("events", events=EventColumns.from_packed(wire[1], wire[2]), received_ms=wire[3])
+    kind, rows, received_ms = wire
+    return WriteJob(kind, [tuple(r) for r in rows], received_ms=received_ms)
+
+
+def _stamps(sizes: Sequence[int], stamps: Sequence[int | None], now: int) -> Any:
+    """``received_ms`` per item: each job's own stamp, or ``now``."""
+    if all(t is None for t in stamps):
+        return np.full(sum(sizes), now, dtype=np.int64)
+    return np.repeat(np.array([now if t is None else t for t in stamps], dtype=np.int64), sizes)
 
 
 def _columns(
@@ -370,13 +395,14 @@ class Store:
         }
         ids = cols["event_id"]
         sizes = [jobs[i].size for i in idx]
+        received = _stamps(sizes, [jobs[i].received_ms for i in idx], now)
         table = dest.table("viewer_events")
         collist = ", ".join((*ROW_FIELDS, "received_ms")) + dest.cols
         select = ", ".join(
             f"CAST({c} AS INTEGER)" if c in _EVENT_INTEGER else c for c in (*ROW_FIELDS, "received_ms")
         ) + dest.value
         if optimistic and len(set(ids.tolist())) == len(ids):
-            cols["received_ms"] = np.full(len(ids), now, dtype=np.int64)
+            cols["received_ms"] = received
             # DuckDB's replacement scan reads the local dict of numpy arrays by its name
             self._con.execute(f"INSERT INTO {table} ({collist}) SELECT {select} FROM cols")
             return sizes
@@ -391,7 +417,7 @@ class Store:
                     keep.append(k)
             pos += size
         sel = {name: col[keep] for name, col in cols.items()}
-        sel["received_ms"] = np.full(len(keep), now, dtype=np.int64)
+        sel["received_ms"] = received[keep]
         inserted = self._con.execute(
             f"INSERT INTO {table} ({collist}) SELECT {select} FROM sel "
             "ON CONFLICT DO NOTHING RETURNING event_id"
@@ -413,13 +439,16 @@ class Store:
             # first occurrence in the group wins; later copies (same request or another) are duplicates
             owner: dict[str, int] = {}
             unique: list[tuple[Any, ...]] = []
+            stamps: list[int] = []
             for i in idx:
+                stamp = jobs[i].received_ms
                 for row in jobs[i].rows:
                     if row[0] not in owner:
                         owner[row[0]] = i
                         unique.append(row)
+                        stamps.append(now if stamp is None else stamp)
             cols = _columns(REPORT_COLUMNS, unique, _REPORT_INT64, _REPORT_FLOAT)
-            cols["received_ms"] = np.full(len(unique), now, dtype=np.int64)
+            cols["received_ms"] = np.array(stamps, dtype=np.int64)
             collist = ", ".join((*REPORT_COLUMNS, "received_ms"))
             inserted = self._con.execute(
                 f"INSERT INTO {dest.table('probe_reports')} ({collist}{dest.cols}) "

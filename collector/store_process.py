@@ -40,9 +40,8 @@ from typing import Any
 import duckdb
 import structlog
 
-from collector.event_columns import EventColumns
 from collector.maintenance import StoreMaintainer
-from collector.store import InsertResult, MaintenanceRun, ResultStream, Store, WriteJob
+from collector.store import InsertResult, MaintenanceRun, ResultStream, Store, WriteJob, job_from_wire, job_to_wire
 
 log = structlog.get_logger()
 
@@ -56,19 +55,6 @@ class StoreProcessError(RuntimeError):
 
 
 # -- wire forms --------------------------------------------------------------------------------------
-
-
-def _job_to_wire(job: WriteJob) -> tuple[Any, ...]:
-    if job.events is not None:
-        return ("events", job.events.n, job.events.packed())
-    return (job.kind, list(job.rows))
-
-
-def _job_from_wire(wire: tuple[Any, ...]) -> WriteJob:
-    if wire[0] == "events":
-        return WriteJob("events", events=EventColumns.from_packed(wire[1], wire[2]))
-    kind, rows = wire
-    return WriteJob(kind, [tuple(r) for r in rows])
 
 
 def _picklable(e: BaseException) -> BaseException:
@@ -119,7 +105,7 @@ def serve(conn: Connection, path: str, checkpoint_wal_bytes: int, threads: int, 
     handlers: dict[str, Callable[..., Any]] = {
         "write_group": lambda wires, now_ms: [
             r if isinstance(r, InsertResult) else _picklable(r)
-            for r in store.write_group([_job_from_wire(w) for w in wires], now_ms=now_ms)
+            for r in store.write_group([job_from_wire(w) for w in wires], now_ms=now_ms)
         ],
         "query": store.query,
         "ping": store.ping,
@@ -332,7 +318,7 @@ class StoreClient:
 
     def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
         result: list[InsertResult | BaseException] = self.call(
-            "write_group", [_job_to_wire(j) for j in jobs], self._wall_ms()
+            "write_group", [job_to_wire(j) for j in jobs], self._wall_ms()
         )
         return result
 

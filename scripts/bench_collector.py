@@ -272,6 +272,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (DB and log)")
     ap.add_argument("--linger-ms", type=int, default=0, help="the collector's group_commit_linger_ms")
     ap.add_argument("--store-process", action="store_true", help="the collector's store_process = true")
+    ap.add_argument("--ack-on", choices=("commit", "journal"), default="commit", help="the collector's ack_on")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
     port = _free_port()
@@ -283,6 +284,7 @@ def main() -> int:
         + (f"store_threads = {args.store_threads}\n" if args.store_threads else "")
         + (f"group_commit_linger_ms = {args.linger_ms}\n" if args.linger_ms else "")
         + ("store_process = true\n" if args.store_process else "")
+        + (f'ack_on = "{args.ack_on}"\n' if args.ack_on != "commit" else "")
         +
         f'[[tokens]]\nname = "bench"\nrole = "platform"\nsecret = "{TOKEN}"\n'
         f'[[tokens]]\nname = "reader"\nrole = "reader"\nsecret = "{READER}"\n'
@@ -357,6 +359,8 @@ def main() -> int:
         load += f", store_threads {args.store_threads}"
     if args.linger_ms:
         load += f", linger {args.linger_ms} ms"
+    if args.ack_on != "commit":
+        load += f", ack on {args.ack_on}"
     if args.store_process:
         load += ", store process"
     print(
@@ -383,6 +387,11 @@ def main() -> int:
         busy = series("streamqoe_store_commit_duration_seconds_sum") or 0.0
         print(f"\nwriter (whole run): {n_commit:,.0f} transactions, mean {busy / n_commit * 1000:.1f} ms, "
               f"busy {busy:.1f} s")
+    loads = series("streamqoe_journal_loads_total")
+    if loads:  # ack_on = journal: the "writer" above is the journal append; this is DuckDB's side
+        loaded = series("streamqoe_journal_loaded_events_total") or 0.0
+        print(f"\njournal loader (whole run): {loads:,.0f} loads, mean {loaded / loads:,.0f} events per load, "
+              f"backlog at the end of the load {series('streamqoe_journal_backlog_events') or 0:,.0f} events")
     n_ckpt = series("streamqoe_store_checkpoint_duration_seconds_count")
     if n_ckpt is not None:  # a collector that checkpoints on its maintenance thread
         ckpt_buckets = [

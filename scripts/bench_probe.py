@@ -185,6 +185,9 @@ def main() -> int:
                     help="receive paths to run each fleet with, in turn: direct (default), aiortc, or direct,aiortc")
     ap.add_argument("--loop-filter", default="on",
                     help="decode fleets with the deblocking filter on (default), off (--no-loop-filter), or on,off")
+    ap.add_argument("--processes", default="1",
+                    help="worker processes to split each fleet over, in turn (e.g. 1,3): one process runs its probes on "
+                         "one event loop and one GIL; several on one core trade that contention for context switches")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     port = free_port()
@@ -204,13 +207,15 @@ def main() -> int:
     try:
         paths = [p.strip() == "direct" for p in args.receive.split(",") if p.strip()]
         skips = [p.strip() == "off" for p in args.loop_filter.split(",") if p.strip()]
+        process_counts = [int(p) for p in args.processes.split(",") if p.strip()]
         for decode, sizes in ((True, args.decode), (False, args.nodecode)):
             for n in [int(x) for x in sizes.split(",") if x]:
                 for skip in skips if decode else [False]:
                     for fast in paths:  # back to back, so every variant sees the same machine
-                        rows.append(with_steal(fleet_row, url, room.pid, truth_url, n, 1, args.duration, decode,
-                                               fast, skip))
-                        print(json.dumps(rows[-1]), file=sys.stderr)
+                        for procs in process_counts:
+                            rows.append(with_steal(fleet_row, url, room.pid, truth_url, n, procs, args.duration,
+                                                   decode, fast, skip))
+                            print(json.dumps(rows[-1]), file=sys.stderr)
         if args.room_viewers:
             rows.append(with_steal(fleet_row, url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))
             print(json.dumps(rows[-1]), file=sys.stderr)

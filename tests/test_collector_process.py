@@ -33,10 +33,18 @@ from tests.collector_helpers import (
 )
 
 
-@pytest.mark.parametrize("store_process", [False, True], ids=["in-process", "store-process"])
-async def test_ingest_over_tcp(tmp_path: Path, store_process: bool) -> None:
+MODES = {
+    "in-process": {},
+    "store-process": {"store_process": True},
+    "journal": {"ack_on": "journal"},
+    "journal-store-process": {"ack_on": "journal", "store_process": True},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_ingest_over_tcp(tmp_path: Path, mode: str) -> None:
     port = free_port()
-    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port, store_process=store_process)
+    cfg = write_config(tmp_path / "c.toml", tmp_path / "db.duckdb", port, **MODES[mode])
     with collector_process(cfg, port, tmp_path / "log"):
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as s:
@@ -50,6 +58,7 @@ async def test_ingest_over_tcp(tmp_path: Path, store_process: bool) -> None:
     # (with a store process too: the collector waits for it to close the store)
     assert not (tmp_path / "db.duckdb.wal").exists()
     assert not (tmp_path / "db.duckdb.staging").exists()
+    assert not list(tmp_path.glob("db.duckdb.journal/*.journal"))  # ack_on = journal: all loaded, files gone
     con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM viewer_events").fetchone() == (10,)
     log_text = (tmp_path / "log").read_text()
@@ -105,13 +114,14 @@ async def _stream(base: str, worker: int, acked: list[int], stop: asyncio.Event)
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("store_process", [False, True], ids=["in-process", "store-process"])
-async def test_kill_9_loses_no_acknowledged_item_and_no_partial_batch(tmp_path: Path, store_process: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_kill_9_loses_no_acknowledged_item_and_no_partial_batch(tmp_path: Path, mode: str) -> None:
     """With ``store_process``, the killed collector's store process finishes what it received and exits;
-    the restarted collector's store process waits for the file and recovers it."""
+    the restarted collector's store process waits for the file and recovers it. With ``ack_on = journal``
+    the restarted collector loads what the journal holds beyond the database first."""
     port = free_port()
     db = tmp_path / "db.duckdb"
-    cfg = write_config(tmp_path / "c.toml", db, port, store_process=store_process)
+    cfg = write_config(tmp_path / "c.toml", db, port, **MODES[mode])
     proc = start_collector(cfg, port, tmp_path / "log")
     acked: list[int] = []
     stop = asyncio.Event()
