@@ -164,12 +164,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             raise
 
     def open_database() -> StoreAPI:
+        # with a journal nobody waits for a commit: no staging during checkpoints (Store.stage)
+        stage = cfg.ack_on != "journal"
         if cfg.store_process:
             return StoreClient(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, threads=cfg.store_threads,
-                               wall_ms=app[WALL_MS], on_maintenance=on_maintenance,
+                               stage=stage, wall_ms=app[WALL_MS], on_maintenance=on_maintenance,
                                on_start=on_store_start)  # fmt: skip
         return Store(cfg.db_path, checkpoint_wal_bytes=cfg.checkpoint_wal_bytes, wall_ms=app[WALL_MS],
-                     threads=cfg.store_threads)  # fmt: skip
+                     threads=cfg.store_threads, stage=stage)  # fmt: skip
 
     opener = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:

@@ -102,6 +102,8 @@ class _Dest:
 
 
 _MAIN = _Dest()
+_WAIT = _Dest(seq=-1)
+"""Not a destination: the writer waits for the main tables (``Store.stage`` False)."""
 
 
 @dataclass(frozen=True)
@@ -241,8 +243,13 @@ class Store:
     call it (``collector.maintenance.StoreMaintainer``)."""
 
     def __init__(self, path: str, *, checkpoint_wal_bytes: int = 16 << 20, wall_ms: Callable[[], int] | None = None,
-                 clock: Callable[[], float] = time.monotonic, threads: int = 1) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, threads: int = 1,
+                 stage: bool = True) -> None:  # fmt: skip
         self.path = path
+        self.stage = stage
+        """While ``maintain()`` holds the main tables: True, the writer commits to staging; False, it waits
+        (``ack_on = "journal"``: nobody waits for the loader's commits, and one large group after the
+        checkpoint costs less than staging and moving)."""
         self._clock = clock
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         """WAL size (bytes) from which ``checkpoint_due()`` is true."""
@@ -321,8 +328,13 @@ class Store:
         with self._state:
             if self._maint is None or (not self._diverting and self._main.acquire(blocking=False)):
                 dest = _MAIN
+            elif not self.stage:
+                dest = _WAIT
             else:
                 dest = _Dest(seq=self._staged_seq + 1)
+        if dest is _WAIT:
+            self._main.acquire()  # until the checkpoint ends
+            dest = _MAIN
         if dest.seq is None:
             if self._maint is None:
                 return self._write_group(jobs, dest, now)  # in memory: no checkpoints, no maintain()

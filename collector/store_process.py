@@ -69,24 +69,24 @@ def _picklable(e: BaseException) -> BaseException:
 # -- the child ---------------------------------------------------------------------------------------
 
 
-def _open_store(path: str, checkpoint_wal_bytes: int, threads: int) -> Store:
+def _open_store(path: str, checkpoint_wal_bytes: int, threads: int, stage: bool) -> Store:
     deadline = time.monotonic() + _OPEN_WAIT_S
     while True:
         try:
-            return Store(path, checkpoint_wal_bytes=checkpoint_wal_bytes, threads=threads)
+            return Store(path, checkpoint_wal_bytes=checkpoint_wal_bytes, threads=threads, stage=stage)
         except duckdb.IOException as e:  # "Could not set lock on file": the previous child is closing
             if "lock" not in str(e).lower() or time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)
 
 
-def serve(conn: Connection, path: str, checkpoint_wal_bytes: int, threads: int, log_level: str) -> None:
+def serve(conn: Connection, path: str, checkpoint_wal_bytes: int, threads: int, stage: bool, log_level: str) -> None:
     """The child's main: open the store, answer requests until the pipe closes or ``close`` arrives."""
     from streamqoe.logs import configure_logging  # the child is an entry point: it configures its logging
 
     configure_logging(log_level)
     try:
-        store = _open_store(path, checkpoint_wal_bytes, threads)
+        store = _open_store(path, checkpoint_wal_bytes, threads, stage)
     except Exception as e:
         conn.send((None, False, _picklable(e)))
         return
@@ -198,13 +198,13 @@ class StoreClient:
     ``wall_ms`` stamps ``received_ms`` here, so an injected clock works as with an in-process store.
     """
 
-    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 16 << 20, threads: int = 1,
+    def __init__(self, path: str, *, checkpoint_wal_bytes: int = 16 << 20, threads: int = 1, stage: bool = True,
                  wall_ms: Callable[[], int] | None = None,
                  on_maintenance: Callable[[MaintenanceRun], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.path = path
         self._on_start = on_start
-        self._args = (path, checkpoint_wal_bytes, threads)
+        self._args = (path, checkpoint_wal_bytes, threads, stage)
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._on_maintenance = on_maintenance
         self._ids = itertools.count(1)

@@ -262,3 +262,25 @@ def test_maintenance_keeps_the_normal_policy_by_default() -> None:
     assert maintainer.run_once() is not None
     assert store.policies == [os.SCHED_OTHER, os.SCHED_OTHER]
     store.close()
+
+
+def test_without_staging_the_writer_waits_for_the_main_tables_and_stages_nothing(tmp_path: Path) -> None:
+    """``Store(stage=False)`` (``ack_on = "journal"``): a group written while the main tables are held
+    commits to them once they are released, and nothing goes through staging."""
+    store = Store(str(tmp_path / "s.duckdb"), stage=False)
+    done = threading.Event()
+    result: list[Any] = []
+
+    def write() -> None:
+        result.extend(store.write_group([_job(_batch(0))]))
+        done.set()
+
+    with store.hold_main():
+        t = threading.Thread(target=write)
+        t.start()
+        assert not done.wait(0.3), "the write did not wait for the main tables"
+    assert done.wait(10)
+    t.join()
+    assert result == [InsertResult(new=100, duplicate=0)]
+    assert not store.staged_pending() and store.count("viewer_events") == 100
+    store.close()
