@@ -18,6 +18,10 @@ then inserts whatever has been journaled into the store, many batches per transa
 * **All or nothing.** A record carries its length and a CRC-32 of its payload; a record torn by a crash
   (written in part, so never acknowledged) is cut off the end of the journal at start-up. The loader
   inserts whole records in one transaction, so no batch is ever stored in part.
+* **Larger loads.** The loader waits until ``min_load_rows`` events are queued or the oldest has waited
+  ``max_delay_s`` (0.25 s): DuckDB's insert costs ~6 ms of CPU per 1,000 events in groups of 1,000 and
+  ~2 ms in groups of 16,000. While a checkpoint runs, it waits for it (``Store.stage`` is False: no
+  staging, no move afterwards). Together about a fifth less CPU per event than ``ack_on = "commit"``.
 * **Reads see every acknowledged event.** Each read (``query``, ``stream``, ``count``, …) first waits until
   the loader has loaded everything journaled before it started: tens of milliseconds while ingest keeps
   up, up to a checkpoint (~0.5 s) otherwise; beyond ``read_wait_s`` it fails with ``JournalUnavailable``
@@ -26,6 +30,9 @@ then inserts whatever has been journaled into the store, many batches per transa
   an id was stored by an earlier request is known only when the loader inserts it (the row is still
   stored once). Probe reports and incidents are not journaled: they queue behind the loader and are
   acknowledged after their commit, with exact counts, as before.
+* **Back-pressure.** Beyond ``max_backlog_rows`` events acknowledged and not loaded (a database that
+  fails or cannot keep up), event batches get a 503 (``JournalUnavailable``: nothing acknowledged) instead
+  of growing the journal without bound.
 * **Failures.** A load that fails (the store process died, a disk error) is retried every second, and
   reads wait. A record that fails ``_MAX_LOAD_ATTEMPTS`` times on its own is written to
   ``rejected-<seq>.pickle`` beside the journal and logged as an error, never dropped silently.
@@ -208,7 +215,7 @@ class JournaledStore:
 
     def __init__(self, inner: StoreAPI, directory: str | Path, *, wall_ms: Callable[[], int] | None = None,
                  max_load_rows: int = 200_000, min_load_rows: int = 20_000, max_delay_s: float = 0.25,
-                 read_wait_s: float = 60.0, segment_bytes: int = 64 << 20,
+                 read_wait_s: float = 60.0, segment_bytes: int = 64 << 20, max_backlog_rows: int = 2_000_000,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.inner = inner
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
@@ -217,6 +224,7 @@ class JournaledStore:
         self._min_load_rows = min_load_rows
         self._max_delay_s = max_delay_s
         self._readers_waiting = 0
+        self._max_backlog_rows = max_backlog_rows
         self._read_wait_s = read_wait_s
         self.journal = Journal(directory, segment_bytes=segment_bytes)
         self.replayed_rows = self._replay(self.journal.recover())
@@ -243,6 +251,10 @@ class JournaledStore:
         now = self._wall_ms()
         events = [(i, dataclasses.replace(j, received_ms=now if j.received_ms is None else j.received_ms))
                   for i, j in enumerate(jobs) if j.kind == "events"]  # fmt: skip
+        if events and self.backlog_rows >= self._max_backlog_rows:
+            raise JournalUnavailable(
+                f"{self.backlog_rows} acknowledged events are waiting to be loaded into the database (limit "
+                f"{self._max_backlog_rows}); the database is not keeping up or is failing, see the log")  # fmt: skip
         if events:
             payload = pickle.dumps([job_to_wire(j) for _, j in events], protocol=pickle.HIGHEST_PROTOCOL)
             try:

@@ -159,3 +159,13 @@ def test_a_read_that_cannot_be_served_in_time_is_a_clear_error(tmp_path: Path) -
     again = JournaledStore(Store(str(tmp_path / "s.duckdb")), tmp_path / "s.journal")
     assert again.replayed_rows == 1 and again.count("viewer_events") == 1
     again.close()
+
+
+def test_a_backlog_beyond_its_limit_refuses_new_events_and_acknowledges_nothing(tmp_path: Path) -> None:
+    inner = _FailingFirst(Store(str(tmp_path / "s.duckdb")), fail=2)
+    store = JournaledStore(inner, tmp_path / "s.journal", max_backlog_rows=100)  # type: ignore[arg-type]
+    store.write_group([_job([event(i) for i in range(100)])])  # acknowledged; its load fails for now
+    with pytest.raises(JournalUnavailable, match="100 acknowledged events are waiting"):
+        store.write_group([_job([event(1000)])])
+    assert store.count("viewer_events") == 100  # loaded on a later attempt; the refused batch is not stored
+    store.close()
