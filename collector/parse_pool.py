@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import threading
@@ -74,7 +75,7 @@ class ParsePool:
         return concurrent.futures.ProcessPoolExecutor(
             self._workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
+            initializer=_init_worker,
             initargs=(os.getpid(),),
         )
 
@@ -101,6 +102,13 @@ class ParsePool:
 
 def _ping() -> int:
     return 0
+
+
+def _init_worker(parent: int) -> None:
+    """Worker initializer: exit with the collector; keep what is loaded now out of full garbage collections
+    (each parse allocates tens of thousands of objects, so they come every few seconds)."""
+    _exit_with_parent(parent)
+    gc.freeze()
 
 
 def _exit_with_parent(parent: int) -> None:

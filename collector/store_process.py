@@ -27,6 +27,7 @@ cursors live in a child process (spawned), and the collector talks to it over a 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -97,6 +98,7 @@ def serve(conn: Connection, path: str, checkpoint_wal_bytes: int, threads: int, 
             conn.send(msg)
 
     reply((None, True, store.recovered_rows))
+    gc.freeze()  # the modules and the open store live until exit: out of the full collections
     maintainer = StoreMaintainer(store, on_run=lambda run: reply((None, "maintenance", run)), low_priority=True)
     maintainer.start()
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
