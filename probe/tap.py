@@ -10,10 +10,11 @@ entry, so the probe observes the receiver itself, per instance (no global patchi
   on: before it a decoder has nothing to show and asks for a keyframe, and so does the tap).
 Audio frames are counted at assembly and never decoded (nothing here needs PCM).
 
-Decode mode decodes video in a thread of its own per receiver with FFmpeg's native VP8/H.264 decoders,
-single-threaded (``FrameDecoder``): VP8 decoding is bit-exact across conforming decoders, and FFmpeg's
-``vp8`` costs ~1.8 ms per 720p frame here against ~2.6 ms for libvpx, which aiortc uses (and which
-spawns decoder threads of its own); many probes share a core, so the cheaper decoder is the one to run.
+Decode mode decodes video on the process's decoder threads (one per CPU it may run on, shared by its
+probes) with FFmpeg's native VP8/H.264 decoders, single-threaded (``FrameDecoder``): VP8 decoding is
+bit-exact across conforming decoders, and FFmpeg's ``vp8`` costs ~1.8 ms per 720p frame here against
+~2.6 ms for libvpx, which aiortc uses (and which spawns decoder threads of its own); many probes share a
+core, so the cheaper decoder is the one to run.
 A decode error sets the receiver's error flag, so aiortc sends a PLI exactly as with its own decoder.
 With ``skip_loop_filter`` the decoder skips the in-loop deblocking filter (FFmpeg's ``skip_loop_filter=all``):
 every frame is still fully decoded (entropy decoding, prediction, residual), for ~40 % less decode CPU on the
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import os
 import queue
 import threading
 import time
@@ -172,9 +174,45 @@ PENDING_KEPT = 256
 """Frames awaiting their decode, at most (~8 s at 30 fps)."""
 
 
+class _Lanes:
+    """The process's decoder threads, shared by every probe in it: as many as CPUs it may run on.
+
+    A thread per probe (as before) gave 12 decoding probes on one core 12 busy threads contending with the
+    event loop for one core and the GIL, for no parallelism; the host stalls that made their false freezes
+    came from that contention (docs/performance.md, session 9). Each probe's frames stay on one lane, in
+    order; lanes take the probes round-robin.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: list[queue.SimpleQueue[tuple[FrameDecoder, Any]]] = []
+        self._next = 0
+
+    def assign(self) -> queue.SimpleQueue[tuple[FrameDecoder, Any]]:
+        with self._lock:
+            if not self._queues:
+                for i in range(max(1, len(os.sched_getaffinity(0)))):
+                    q: queue.SimpleQueue[tuple[FrameDecoder, Any]] = queue.SimpleQueue()
+                    threading.Thread(target=_lane, args=(q,), name=f"probe-video-decoder-{i}", daemon=True).start()
+                    self._queues.append(q)
+            q = self._queues[self._next % len(self._queues)]
+            self._next += 1
+            return q
+
+
+def _lane(q: queue.SimpleQueue[tuple[FrameDecoder, Any]]) -> None:
+    while True:
+        decoder, item = q.get()
+        decoder.run_one(item)
+
+
+_LANES = _Lanes()
+
+
 class FrameDecoder:
-    """Decodes one receiver's video frames in a thread; decoded frames go to the track's queue, their
-    ``pts`` the frame's RTP timestamp (``DecodeLag`` matches them with their assembly by it)."""
+    """Decodes one receiver's video frames on one of the process's decoder threads (``_Lanes``); decoded
+    frames go to the track's queue, their ``pts`` the frame's RTP timestamp (``DecodeLag`` matches them
+    with their assembly by it)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, output: asyncio.Queue[Any], error: threading.Event,
                  *, skip_loop_filter: bool = False) -> None:
@@ -184,44 +222,51 @@ class FrameDecoder:
         self._error = error
         self.before_decode: Callable[[], None] | None = None
         """Runs in the decoder thread before each decode (tests starve the thread with it)."""
-        self._input: queue.SimpleQueue[tuple[str, bytes, int] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="probe-video-decoder", daemon=True)
-        self._thread.start()
+        self._context: Any = None
+        self._codec: str | None = None
+        self._ended = False
+        self._lane = _LANES.assign()
 
     def submit(self, codec_name: str, data: bytes, timestamp: int) -> None:
-        self._input.put((codec_name, data, timestamp))
+        self._lane.put((self, (codec_name, data, timestamp)))
 
     def stop(self) -> None:
-        self._input.put(None)
+        self._lane.put((self, None))
 
-    def _run(self) -> None:
-        context: Any = None
-        current = None
-        while (item := self._input.get()) is not None:
-            codec_name, data, timestamp = item
-            if self.before_decode is not None:
-                self.before_decode()
-            if codec_name != current:
-                name = _DECODERS.get(codec_name.upper())
-                if name is None:
-                    continue
-                context = av.CodecContext.create(name, "r")
-                context.thread_count = 1
-                if self._options:
-                    context.options = dict(self._options)
-                current = codec_name
-            packet = av.Packet(data)
-            packet.pts = timestamp
-            packet.time_base = _VIDEO_TIME_BASE
-            try:
-                frames = context.decode(packet)
-            except av.FFmpegError:
-                self._error.set()  # aiortc's receiver turns this into a PLI
-                continue
-            for frame in frames:
-                if not self._deliver(frame):
-                    return
-        self._deliver(None)  # the track ends
+    def run_one(self, item: tuple[str, bytes, int] | None) -> None:
+        """Decode one frame (on the lane's thread); ``None`` ends the track."""
+        if self._ended:
+            return
+        if item is None:
+            self._ended = True
+            self._context = None
+            self._deliver(None)
+            return
+        codec_name, data, timestamp = item
+        if self.before_decode is not None:
+            self.before_decode()
+        if codec_name != self._codec:
+            name = _DECODERS.get(codec_name.upper())
+            if name is None:
+                return
+            self._context = av.CodecContext.create(name, "r")
+            self._context.thread_count = 1
+            if self._options:
+                self._context.options = dict(self._options)
+            self._codec = codec_name
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        packet.time_base = _VIDEO_TIME_BASE
+        try:
+            frames = self._context.decode(packet)
+        except av.FFmpegError:
+            self._error.set()  # aiortc's receiver turns this into a PLI
+            return
+        for frame in frames:
+            if not self._deliver(frame):
+                self._ended = True  # the loop is closed: drop the rest of this probe's frames
+                self._context = None
+                return
 
     def _deliver(self, frame: Any) -> bool:
         """Hand ``frame`` to the event loop; False once the loop is closed (an overloaded probe can still be
