@@ -72,6 +72,7 @@ async def serve(cfg: CollectorConfig) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    gc.unfreeze()  # at exit, collect what was frozen (DuckDB's nanobind reports uncollected objects as leaks)
     log.info("collector_stopping")
     await runner.cleanup()
     return 0

@@ -140,6 +140,7 @@ def serve(conn: Connection, path: str, checkpoint_wal_bytes: int, threads: int, 
                 break
             (writer if method == "write_group" else readers).submit(run, rid, method, args)
     finally:
+        gc.unfreeze()  # let shutdown collect DuckDB's objects (frozen, nanobind reports them as leaked)
         writer.shutdown(wait=True)  # writes already received are committed (a resend is idempotent)
         readers.shutdown(wait=True)
         maintainer.stop()
