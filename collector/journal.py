@@ -195,7 +195,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: the queue holds each item once
 class _Item:
     seq: int | None
     """Journal record (events), or None for jobs acknowledged after their commit (``waiter``)."""
@@ -216,8 +216,9 @@ class JournaledStore:
     def __init__(self, inner: StoreAPI, directory: str | Path, *, wall_ms: Callable[[], int] | None = None,
                  max_load_rows: int = 200_000, min_load_rows: int = 20_000, max_delay_s: float = 0.25,
                  read_wait_s: float = 60.0, segment_bytes: int = 64 << 20, max_backlog_rows: int = 2_000_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, retry_s: float = _RETRY_S) -> None:  # fmt: skip
         self.inner = inner
+        self._retry_s = retry_s
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._clock = clock
         self._max_load_rows = max_load_rows
@@ -340,27 +341,39 @@ class JournaledStore:
 
     def _load_loop(self) -> None:
         while (items := self._take()) is not None:
-            jobs = [j for it in items for j in it.jobs]
             try:
-                results = self.inner.write_group(jobs)
-            except Exception as e:  # the store is down (its process died, the disk): keep it all, retry
-                self._fail_waiters(items, e)
-                if self._closing:  # the records stay in the journal and are loaded at the next start
-                    log.error("journal_load_failed", error=repr(e), items=len(items), kept_for_next_start=True)
+                if not self._load(items):
                     return
-                log.error("journal_load_failed", error=repr(e), items=len(items), retry_s=_RETRY_S)
-                time.sleep(_RETRY_S)
-                continue
-            pos = 0
-            failed: list[_Item] = []
-            for it in items:
-                mine = results[pos : pos + len(it.jobs)]
-                pos += len(it.jobs)
-                if it.waiter is not None:
-                    it.waiter.set_result(mine)
-                elif any(isinstance(r, BaseException) for r in mine):
-                    failed.append(it)
-            self._finish(items, failed)
+            except Exception as e:  # a bug or a full disk here must not stop the loader for good
+                log.exception("journal_loader_error", error=repr(e), retry_s=self._retry_s)
+                if self._closing:
+                    return  # what is not loaded stays in the journal, for the next start
+                time.sleep(self._retry_s)
+
+    def _load(self, items: list[_Item]) -> bool:
+        """Load ``items`` (one transaction); False when the loader must stop (closing, store down)."""
+        jobs = [j for it in items for j in it.jobs]
+        try:
+            results = self.inner.write_group(jobs)
+        except Exception as e:  # the store is down (its process died, the disk): keep it all, retry
+            self._fail_waiters(items, e)
+            if self._closing:  # the records stay in the journal and are loaded at the next start
+                log.error("journal_load_failed", error=repr(e), items=len(items), kept_for_next_start=True)
+                return False
+            log.error("journal_load_failed", error=repr(e), items=len(items), retry_s=self._retry_s)
+            time.sleep(self._retry_s)
+            return True
+        pos = 0
+        failed: list[_Item] = []
+        for it in items:
+            mine = results[pos : pos + len(it.jobs)]
+            pos += len(it.jobs)
+            if it.waiter is not None:
+                it.waiter.set_result(mine)
+            elif any(isinstance(r, BaseException) for r in mine):
+                failed.append(it)
+        self._finish(items, failed)
+        return True
 
     def _fail_waiters(self, items: list[_Item], error: Exception) -> None:
         with self._cond:
@@ -399,7 +412,7 @@ class JournaledStore:
         if loaded_seq:
             self.journal.release(loaded_seq)
         if retry:
-            time.sleep(_RETRY_S)
+            time.sleep(self._retry_s)
 
     # -- reads ----------------------------------------------------------------------------------------
 

@@ -169,3 +169,36 @@ def test_a_backlog_beyond_its_limit_refuses_new_events_and_acknowledges_nothing(
         store.write_group([_job([event(1000)])])
     assert store.count("viewer_events") == 100  # loaded on a later attempt; the refused batch is not stored
     store.close()
+
+
+class _RefusesRegion:
+    """The real store, answering every events job holding ``region`` with an error of that job alone."""
+
+    def __init__(self, store: Store, region: str) -> None:
+        self.store = store
+        self.region = region
+        self.recovered_rows = store.recovered_rows
+
+    def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
+        bad = [j.events is not None and self.region in j.events.columns["region"].tolist() for j in jobs]
+        good = self.store.write_group([j for j, b in zip(jobs, bad, strict=True) if not b])
+        out: list[InsertResult | BaseException] = []
+        for b in bad:
+            out.append(ValueError("refused") if b else good.pop(0))
+        return out
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def test_a_record_the_database_always_refuses_is_saved_beside_the_journal_not_dropped(tmp_path: Path) -> None:
+    inner = _RefusesRegion(Store(str(tmp_path / "s.duckdb")), "bad")
+    store = JournaledStore(inner, tmp_path / "s.journal", retry_s=0.01)  # type: ignore[arg-type]
+    store.write_group([_job([event(i, region="bad") for i in range(3)])])
+    store.write_group([_job([event(10 + i) for i in range(5)])])
+    assert store.count("viewer_events") == 5  # the other record is loaded; reads are not blocked
+    assert store.rejected_records == 1
+    (saved,) = (tmp_path / "s.journal").glob("rejected-*.pickle")
+    (wire,) = pickle.loads(saved.read_bytes())
+    assert wire[0] == "events" and wire[1] == 3
+    store.close()
