@@ -186,8 +186,9 @@ def main() -> int:
     ap.add_argument("--loop-filter", default="on",
                     help="decode fleets with the deblocking filter on (default), off (--no-loop-filter), or on,off")
     ap.add_argument("--processes", default="1",
-                    help="worker processes to split each fleet over, in turn (e.g. 1,3): one process runs its probes on "
-                         "one event loop and one GIL; several on one core trade that contention for context switches")
+                    help="worker processes to split each fleet over, in turn (e.g. 1,3): one process runs its "
+                         "probes on one event loop and one GIL; several on one core trade that contention for "
+                         "context switches")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     port = free_port()

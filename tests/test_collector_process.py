@@ -32,13 +32,16 @@ from tests.collector_helpers import (
     write_config,
 )
 
-
 MODES = {
     "in-process": {},
     "store-process": {"store_process": True},
     "journal": {"ack_on": "journal"},
     "journal-store-process": {"ack_on": "journal", "store_process": True},
 }
+
+
+def _journal_files(directory: Path) -> list[Path]:
+    return list(directory.glob("db.duckdb.journal/*.journal"))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -58,7 +61,7 @@ async def test_ingest_over_tcp(tmp_path: Path, mode: str) -> None:
     # (with a store process too: the collector waits for it to close the store)
     assert not (tmp_path / "db.duckdb.wal").exists()
     assert not (tmp_path / "db.duckdb.staging").exists()
-    assert not list(tmp_path.glob("db.duckdb.journal/*.journal"))  # ack_on = journal: all loaded, files gone
+    assert not _journal_files(tmp_path)  # ack_on = journal: all loaded, files gone
     con = duckdb.connect(str(tmp_path / "db.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM viewer_events").fetchone() == (10,)
     log_text = (tmp_path / "log").read_text()
