@@ -404,7 +404,9 @@ def main() -> int:
             f"\nmaintenance (whole run): {n_ckpt:.0f} checkpoints, "
             f"{series('streamqoe_store_checkpoint_duration_seconds_sum') or 0:.2f} s in total, "
             f"longest ≤ {longest:g} s; "
-            f"writer committed to staging for {series('streamqoe_store_diverted_seconds_sum') or 0:.2f} s; "
+            + ("main tables held (the journal loader waited) for "
+               if args.ack_on == "journal" else "writer committed to staging for ")
+            + f"{series('streamqoe_store_diverted_seconds_sum') or 0:.2f} s; "
             f"{series('streamqoe_store_moved_rows_total') or 0:,.0f} rows moved"
         )
     if wal.times:
