@@ -19,8 +19,8 @@ then inserts whatever has been journaled into the store, many batches per transa
   (written in part, so never acknowledged) is cut off the end of the journal at start-up. The loader
   inserts whole records in one transaction, so no batch is ever stored in part.
 * **Larger loads.** The loader waits until ``min_load_rows`` events are queued or the oldest has waited
-  ``max_delay_s`` (0.25 s): DuckDB's insert costs ~6 ms of CPU per 1,000 events in groups of 1,000 and
-  ~2 ms in groups of 16,000. While a checkpoint runs, it waits for it (``Store.stage`` is False: no
+  ``max_delay_s`` (0.25 s): DuckDB's insert costs ~6 ms of CPU per 1,000 events in groups of 1,000,
+  ~4.4 ms in groups of 4,000 (~2 ms in groups of 16,000, measured without the primary key). While a checkpoint runs, it waits for it (``Store.stage`` is False: no
   staging, no move afterwards). Together about a fifth less CPU per event than ``ack_on = "commit"``.
 * **Reads see every acknowledged event.** Each read (``query``, ``stream``, ``count``, …) first waits until
   the loader has loaded everything journaled before it started: tens of milliseconds while ingest keeps
@@ -308,8 +308,8 @@ class JournaledStore:
         """0 when the queue should be loaded now, else how long to wait at most (called holding the lock).
 
         Events wait to be loaded until ``min_load_rows`` are queued or the oldest has waited ``max_delay_s``:
-        DuckDB's insert costs ~6 ms of CPU per 1,000 events in groups of 1,000 and ~2 ms in groups of
-        16,000 (docs/performance.md). A read, a probe report (waiting for its commit) or closing loads at once.
+        DuckDB's insert costs ~6 ms of CPU per 1,000 events in groups of 1,000 and ~4.4 ms in groups of
+        4,000 (docs/performance.md). A read, a probe report (waiting for its commit) or closing loads at once.
         """
         if self._closing or self._readers_waiting or self.backlog_rows >= self._min_load_rows:
             return 0.0
