@@ -20,8 +20,9 @@ then inserts whatever has been journaled into the store, many batches per transa
   inserts whole records in one transaction, so no batch is ever stored in part.
 * **Larger loads.** The loader waits until ``min_load_rows`` events are queued or the oldest has waited
   ``max_delay_s`` (0.25 s): DuckDB's insert costs ~6 ms of CPU per 1,000 events in groups of 1,000,
-  ~4.4 ms in groups of 4,000 (~2 ms in groups of 16,000, measured without the primary key). While a checkpoint runs, it waits for it (``Store.stage`` is False: no
-  staging, no move afterwards). Together about a fifth less CPU per event than ``ack_on = "commit"``.
+  ~4.4 ms in groups of 4,000 (~2 ms in groups of 16,000, measured without the primary key). While a
+  checkpoint runs, it waits for it (``Store.stage`` is False: no staging, no move afterwards). Together
+  16–26 % less CPU per event than ``ack_on = "commit"`` (docs/performance.md, session 9).
 * **Reads see every acknowledged event.** Each read (``query``, ``stream``, ``count``, …) first waits until
   the loader has loaded everything journaled before it started: tens of milliseconds while ingest keeps
   up, up to a checkpoint (~0.5 s) otherwise; beyond ``read_wait_s`` it fails with ``JournalUnavailable``
