@@ -61,6 +61,7 @@ import structlog
 
 from collector.store import InsertResult, RowStream, StoreAPI, WriteJob, job_from_wire, job_to_wire
 from collector.store_process import StoreProcessError
+from probe.spool import fsync_dir
 
 log = structlog.get_logger()
 
@@ -138,7 +139,7 @@ class Journal:
         for path in self._recovered:
             path.unlink(missing_ok=True)
         self._recovered.clear()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def append(self, payload: bytes) -> int:
         """Write one record and wait until it is on disk; its sequence number."""
@@ -165,7 +166,7 @@ class Journal:
         self._current = self.dir / f"{self._next_seq:016d}.journal"
         self._fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._size = 0
-        _fsync_dir(self.dir)  # the new file's name is durable before a record in it is acknowledged
+        fsync_dir(self.dir)  # the new file's name is durable before a record in it is acknowledged
 
     def release(self, loaded_seq: int) -> None:
         """Delete the closed files whose every record is loaded (sequence numbers ≤ ``loaded_seq``)."""
@@ -186,14 +187,6 @@ class Journal:
                     path.unlink(missing_ok=True)
                 self._closed.clear()
                 self._current = None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclasses.dataclass(eq=False)  # identity: the queue holds each item once

@@ -41,7 +41,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return final
 
     def pending(self) -> list[Path]:
@@ -61,7 +61,7 @@ class Spool:
     def delete(self, path: Path) -> None:
         """Remove a delivered report (missing is fine: another flush delivered it)."""
         path.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def reject(self, path: Path, reason: str) -> Path:
         """Move a report the collector refused to ``rejected/``, with the reason next to it."""
@@ -71,8 +71,8 @@ class Spool:
         reason_file = rej / (path.stem + ".reason.txt")
         reason_file.write_text(reason + "\n")
         os.replace(path, dest)
-        _fsync_dir(rej)
-        _fsync_dir(self.dir)
+        fsync_dir(rej)
+        fsync_dir(self.dir)
         return dest
 
     def rejected(self) -> list[Path]:
@@ -81,7 +81,8 @@ class Spool:
         return sorted(rej.glob("*.json")) if rej.is_dir() else []
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make the directory entries of ``d`` (files created, renamed or deleted in it) durable."""
     fd = os.open(d, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -121,22 +121,29 @@ def test_a_journal_left_by_a_crash_is_loaded_before_anything_else_and_once(tmp_p
     store.close()
 
 
-class _FailingFirst:
+class _Wrapped:
+    """The real store behind a ``write_group`` that a subclass changes; everything else is the store's."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.recovered_rows = store.recovered_rows
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+class _FailingFirst(_Wrapped):
     """The real store, whose first ``fail`` write groups raise (a store process that died, say)."""
 
     def __init__(self, store: Store, fail: int) -> None:
-        self.store = store
+        super().__init__(store)
         self.fail = fail
-        self.recovered_rows = store.recovered_rows
 
     def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
         if self.fail:
             self.fail -= 1
             raise OSError("store gone")
         return self.store.write_group(jobs)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.store, name)
 
 
 def test_a_failed_load_is_retried_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
@@ -171,13 +178,12 @@ def test_a_backlog_beyond_its_limit_refuses_new_events_and_acknowledges_nothing(
     store.close()
 
 
-class _RefusesRegion:
+class _RefusesRegion(_Wrapped):
     """The real store, answering every events job holding ``region`` with an error of that job alone."""
 
     def __init__(self, store: Store, region: str) -> None:
-        self.store = store
+        super().__init__(store)
         self.region = region
-        self.recovered_rows = store.recovered_rows
 
     def write_group(self, jobs: Sequence[WriteJob]) -> list[InsertResult | BaseException]:
         bad = [j.events is not None and self.region in j.events.columns["region"].tolist() for j in jobs]
@@ -186,9 +192,6 @@ class _RefusesRegion:
         for b in bad:
             out.append(ValueError("refused") if b else good.pop(0))
         return out
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.store, name)
 
 
 def test_a_record_the_database_always_refuses_is_saved_beside_the_journal_not_dropped(tmp_path: Path) -> None:
