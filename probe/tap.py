@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
+import structlog
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpRtpfbPacket, unpack_remb_fci
 
 from probe.bitstream import FrameInfo, frame_info
@@ -59,6 +60,8 @@ from probe.hoststalls import THRESHOLD_MS
 from probe.jitterbuffer import install as install_fast_jitter_buffer
 from probe.remb import install as install_fast_remb
 from probe.rtpstats import StreamCounter
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +181,10 @@ class _Lanes:
     """The process's decoder threads, shared by every probe in it: as many as CPUs it may run on.
 
     A thread per probe (as before) gave 12 decoding probes on one core 12 busy threads contending with the
-    event loop for one core and the GIL, for no parallelism; the host stalls that made their false freezes
-    came from that contention (docs/performance.md, session 9). Each probe's frames stay on one lane, in
-    order; lanes take the probes round-robin.
+    event loop for one core and the GIL, for no parallelism; with shared threads 12 H.264 probes ran with
+    0 false freezes in 4 runs of 5, against 1 and 8 just before (docs/performance.md, session 9). Each
+    probe's frames stay on one lane, in order; lanes take the probes round-robin. A frame whose decode
+    raises is logged and treated as a decode error, so the lane goes on for the other probes.
     """
 
     def __init__(self) -> None:
@@ -203,7 +207,11 @@ class _Lanes:
 def _lane(q: queue.SimpleQueue[tuple[FrameDecoder, Any]]) -> None:
     while True:
         decoder, item = q.get()
-        decoder.run_one(item)
+        try:
+            decoder.run_one(item)
+        except Exception:  # one probe's bad frame must not end the thread every probe on this lane shares
+            log.exception("probe_decoder_error")
+            decoder.failed()
 
 
 _LANES = _Lanes()
@@ -286,6 +294,10 @@ class FrameDecoder:
 
     def stop(self) -> None:
         self._lane.put((self, None))
+
+    def failed(self) -> None:
+        """``run_one`` raised on this probe's frame: treated like a decode error (the receiver sends a PLI)."""
+        self._error.set()
 
     def run_one(self, item: tuple[str, bytes, int] | None) -> None:
         """Decode one frame (on the lane's thread); ``None`` ends the track."""

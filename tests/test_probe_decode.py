@@ -69,6 +69,32 @@ async def _decode_all(packets: list[bytes], *, skip_loop_filter: bool) -> list[n
     return planes
 
 
+async def test_a_frame_whose_decode_raises_is_a_decode_error_and_the_shared_thread_goes_on(
+        vp8_stream: list[bytes]) -> None:
+    output: asyncio.Queue[Any] = asyncio.Queue()
+    error = threading.Event()
+    decoder = FrameDecoder(asyncio.get_running_loop(), output, error)
+    calls = 0
+
+    def raise_once() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug in one probe's decode path")
+
+    decoder.before_decode = raise_once
+    for i, data in enumerate(vp8_stream):
+        decoder.submit("VP8", data, i * 3000)
+    decoder.stop()
+    frames = 0
+    while await asyncio.wait_for(output.get(), 30) is not None:
+        frames += 1
+    assert error.is_set()  # the receiver sends a PLI, as for a decode error
+    assert 0 < frames < FRAMES  # frame 2 was lost (and frames referencing it may fail), the rest decoded
+    lanes = [t for t in threading.enumerate() if t.name.startswith("probe-video-decoder-")]
+    assert len(lanes) == len(_LANES._queues)
+
+
 def test_a_decoder_still_busy_when_its_loop_closes_ends_quietly(vp8_stream: list[bytes]) -> None:
     """An overloaded fleet worker's session can end, and its loop close, while the decoder thread is still
     decoding its backlog: that probe's decoding must stop without an exception (it printed a traceback),
