@@ -56,7 +56,10 @@ async def test_ingest_over_tcp(tmp_path: Path, mode: str) -> None:
             async with s.post(f"{base}/v1/reports", json=report("eu-west"), headers=auth(PROBE_EU)) as r:
                 assert r.status == 200
             async with s.get(f"{base}/metrics", headers=auth(READER)) as r:
-                assert "streamqoe_probe_ttff_seconds" in await r.text()
+                text = await r.text()
+                assert "streamqoe_probe_ttff_seconds" in text
+                # ack_on = journal: the 10 events were acknowledged, then loaded (the report waited behind them)
+                assert ("streamqoe_journal_loaded_events_total 10" in text) == (MODES[mode].get("ack_on") == "journal")
     # a clean stop (SIGTERM) checkpoints: the file alone holds everything, no WAL or staging file left behind
     # (with a store process too: the collector waits for it to close the store)
     assert not (tmp_path / "db.duckdb.wal").exists()
