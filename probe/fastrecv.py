@@ -104,17 +104,22 @@ class DirectReceive:
     def __init__(self) -> None:
         self.kernel_timestamps = False
         self.packets = 0
+        self.fused = 0
+        """Packets handled by the fused handler (``probe.rtphandler``) rather than the receiver's coroutines."""
         self.suspended = 0
         self.rejected = 0
 
 
-def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectReceive | None:
+def install(dtls: Any, clock_ms: Callable[[], float] | None = None, fused: bool = True) -> DirectReceive | None:
     """Handle ``dtls``'s incoming SRTP media synchronously from now on; None (and aiortc's path) if unable.
 
     Call once the transport is connected (its SRTP session and nominated ICE pair exist).
     ``clock_ms`` gives arrival times on aiortc's clock (ms since 1900) when the kernel gives none; the
-    default reads the wall clock.
+    default reads the wall clock. ``fused``: a receiver the probe tapped gets its packets through one
+    synchronous function (``probe.rtphandler``) instead of its two coroutines.
     """
+    from probe.rtphandler import Handler, fused_handler  # it imports this module
+
     try:
         if dtls.state != "connected":
             return None
@@ -131,6 +136,7 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
     now_ms = clock_ms or (lambda: time.time() * 1000.0 + NTP_EPOCH_MS)
     stats = DirectReceive()
     parse = rtpparse.parser(ext_map)
+    handlers: dict[Any, Handler | None] = {}
 
     def deliver(data: bytes, addr: tuple[Any, ...], arrival_wall_ms: float | None) -> None:
         # SRTP: first byte 128..191 (RTP version 2); SRTCP has a packet type 192..208 in the second byte
@@ -147,7 +153,17 @@ def install(dtls: Any, clock_ms: Callable[[], float] | None = None) -> DirectRec
         if receiver is None:
             return
         stats.packets += 1
-        if not drive(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms)):
+        try:
+            handler = handlers[receiver]
+        except KeyError:
+            tap = getattr(receiver, "_probe_tap", None) if fused else None
+            handler = handlers[receiver] = None if tap is None else fused_handler(tap)
+            if tap is not None and handler is None:
+                _log_fallback("aiortc's RTCRtpReceiver internals changed: no fused handler")
+        if handler is not None:
+            stats.fused += 1
+            handler(packet, arrival_ms)
+        elif not drive(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms)):
             stats.suspended += 1
 
     stats.kernel_timestamps = _read_with_kernel_timestamps(protocol, deliver)

@@ -86,11 +86,12 @@ def _worker(url: str, n: int, duration_s: float, stagger_s: float, labels: dict[
 
 def run_fleet(url: str, probes: int, processes: int, duration_s: float, *, decode: bool = True,
               fast_receive: bool = True, skip_loop_filter: bool = False, stagger_s: float = 0.05,
-              labels: dict[str, str] | None = None) -> dict[str, Any]:
+              labels: dict[str, str] | None = None, fused_receive: bool = True) -> dict[str, Any]:
     """Run ``probes`` sessions over ``processes`` workers; returns the fleet summary with all reports."""
     from probe.session import ProbeOptions
 
-    options: dict[str, Any] = {"decode": decode, "fast_receive": fast_receive, "skip_loop_filter": skip_loop_filter}
+    options: dict[str, Any] = {"decode": decode, "fast_receive": fast_receive, "skip_loop_filter": skip_loop_filter,
+                               "fused_receive": fused_receive}
     processes = max(1, min(processes, probes))
     shares = [probes // processes + (1 if i < probes % processes else 0) for i in range(processes)]
     ctx = multiprocessing.get_context("spawn")  # no aiortc threads or loops inherited by fork

@@ -77,6 +77,9 @@ class ProbeOptions:
     """``same_host`` / ``ntp``; None = same_host for a loopback target, else ntp."""
     fast_receive: bool = True
     """Handle SRTP media in the socket callback (``probe.fastrecv``); False keeps aiortc's receive path."""
+    fused_receive: bool = True
+    """On the direct path, one synchronous handler per packet (``probe.rtphandler``) instead of the
+    receiver's coroutines (same results; False exists for benchmarks and tests)."""
     skip_loop_filter: bool = False
     """Decode without the in-loop deblocking filter (~40 % less decode CPU; mode ``decode-no-loop-filter``)."""
 
@@ -192,6 +195,7 @@ class Session:
                 transceiver.receiver, kind, decode=self.opts.decode, skip_loop_filter=self.opts.skip_loop_filter,
                 now_ms=self.now_ms, counters=self.counters,
                 on_assembled=self._on_assembled, on_first_rtp=self._on_first_rtp,
+                on_undecoded=self._show,
             )
             tap.install()
             if kind == "video":
@@ -205,31 +209,37 @@ class Session:
         @dtls.on("statechange")  # type: ignore[untyped-decorator]
         def _connected() -> None:
             if dtls.state == "connected" and self.direct_receive is None:
-                self.direct_receive = fastrecv.install(dtls)
+                self.direct_receive = fastrecv.install(dtls, fused=self.opts.fused_receive)
 
     # --- the video consumer ------------------------------------------------------------------
     async def _consume_video(self) -> None:
+        """Decode mode: show each decoded frame the track yields (no-decode frames come to ``_show`` directly)."""
         track = self._video_receiver.track  # created by aiortc once the remote description is set
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            t = self.now_ms()
-            if isinstance(frame, UndecodedFrame):
-                w, h = frame.width, frame.height
-                if w is None and self.video.size is not None:
-                    w, h = self.video.size
-                self.video.on_frame(t, w, h, None, None)
-            else:
-                if self.video_tap is not None:
-                    self.video_tap.decode_lag.rendered(frame.pts, t)
-                mk = _read_marker(frame)
-                wall = self.wall_clock() * 1000.0 if mk is not None else None
-                self.video.on_frame(t, frame.width, frame.height, mk, wall)
-            if self.phases["ttff_ms"] is None:
-                self.phases["ttff_ms"] = t
-                self._first_video.set()
+            self._show(frame)
+
+    def _show(self, frame: Any) -> None:
+        """A frame reaches the screen: a decoded frame from the track, or (no-decode) an ``UndecodedFrame``
+        straight from the tap (no queue, no task switch per frame)."""
+        t = self.now_ms()
+        if isinstance(frame, UndecodedFrame):
+            w, h = frame.width, frame.height
+            if w is None and self.video.size is not None:
+                w, h = self.video.size
+            self.video.on_frame(t, w, h, None, None)
+        else:
+            if self.video_tap is not None:
+                self.video_tap.decode_lag.rendered(frame.pts, t)
+            mk = _read_marker(frame)
+            wall = self.wall_clock() * 1000.0 if mk is not None else None
+            self.video.on_frame(t, frame.width, frame.height, mk, wall)
+        if self.phases["ttff_ms"] is None:
+            self.phases["ttff_ms"] = t
+            self._first_video.set()
 
     async def _tick(self) -> None:
         """Snapshot cumulative network counters at every whole second from t0."""
@@ -279,7 +289,7 @@ class Session:
             with host_addresses(self._ice_addresses):  # gathering starts inside the join
                 await self._join(pc)
             self.rtt.install(pc)  # consent checks start 4-6 s after ICE connects
-            if self.failure is None:
+            if self.failure is None and self.opts.decode:
                 tasks.append(asyncio.ensure_future(self._consume_video()))
                 await self._wait_connected_and_media()
             if self.failure is None:

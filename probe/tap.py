@@ -73,6 +73,9 @@ class UndecodedFrame:
     keyframe: bool
 
 
+_NOT_VIDEO = FrameInfo(False, None, None)
+"""What an audio frame is, for ``on_assembled`` (immutable: one for all)."""
+
 AssembledCallback = Callable[[str, FrameInfo, float], None]
 """(kind, frame info, session time ms) for each complete encoded frame."""
 
@@ -375,6 +378,7 @@ class ReceiverTap:
         counters: dict[int, StreamCounter],
         on_assembled: AssembledCallback,
         on_first_rtp: Callable[[float], None],
+        on_undecoded: Callable[[UndecodedFrame], None] | None = None,
     ) -> None:
         self.receiver = receiver
         self.kind = kind
@@ -384,6 +388,8 @@ class ReceiverTap:
         self.counters = counters
         self.on_assembled = on_assembled
         self.on_first_rtp = on_first_rtp
+        self.on_undecoded = on_undecoded
+        """No-decode mode: where each shown ``UndecodedFrame`` goes, synchronously (None: the track's queue)."""
         self._first_rtp = False
         self.decoder: FrameDecoder | None = None
         self.decode_lag = DecodeLag()
@@ -422,6 +428,7 @@ class ReceiverTap:
 
         r._handle_rtp_packet = tapped_rtp
         r._send_rtcp = tapped_rtcp
+        r._probe_tap = self  # the direct receive path's fused handler (probe/rtphandler.py) starts here
 
     def on_rtp(self, packet: Any, arrival_time_ms: float | None = None) -> None:
         """Count an RTP packet. ``arrival_time_ms`` is the time aiortc's receiver is given (ms since 1900):
@@ -431,6 +438,10 @@ class ReceiverTap:
         now = self.now_ms()
         if isinstance(arrival_time_ms, float):
             now -= max(0.0, time.time() * 1000.0 + NTP_EPOCH_MS - arrival_time_ms)
+        self.count(packet, now)
+
+    def count(self, packet: Any, now: float) -> None:
+        """Count an RTP packet that arrived at ``now`` (session ms)."""
         if not self._first_rtp:
             self._first_rtp = True
             self.on_first_rtp(now)
@@ -491,7 +502,7 @@ class ReceiverTap:
         """Record a complete encoded frame, then decode it (decode mode) or pass its size on (no-decode)."""
         now = self.now_ms()
         if self.kind != "video":
-            self.on_assembled(self.kind, FrameInfo(False, None, None), now)
+            self.on_assembled(self.kind, _NOT_VIDEO, now)
             return
         info = frame_info(codec_name, data)
         self.on_assembled("video", info, now)
@@ -507,7 +518,11 @@ class ReceiverTap:
                     self.receiver._RTCRtpReceiver__decoder_error.set()
                     return
                 self.keyframe_seen = True
-            track_queue.put_nowait(UndecodedFrame(info.width, info.height, info.keyframe))
+            frame = UndecodedFrame(info.width, info.height, info.keyframe)
+            if self.on_undecoded is not None:
+                self.on_undecoded(frame)
+            else:
+                track_queue.put_nowait(frame)
             return
         if self.decoder is None:
             self.decoder = FrameDecoder(asyncio.get_running_loop(), track_queue,

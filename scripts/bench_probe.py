@@ -11,7 +11,7 @@ Reference measured in the same run: one headless Chromium viewer's CPU (whole pr
 same stream, when Chromium and scripts/reference_viewer are available.
 
     .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100,200]
-        [--receive direct,aiortc]   # each fleet on the direct receive path and on aiortc's, back to back
+        [--receive fused,direct,aiortc]  # each fleet on each receive path, back to back
         [--pin]                     # room on one core, probes on the other: probes per core, measured
         [--loop-filter on,off]      # decode fleets with and without the deblocking filter, back to back
 
@@ -77,13 +77,13 @@ def start_room(port: int, spec: str, cpus: set[int] | None = None) -> subprocess
 
 
 def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, processes: int, duration: float,
-              decode: bool, fast_receive: bool = True, skip_loop_filter: bool = False) -> dict[str, Any]:
+              decode: bool, receive: str = "fused", skip_loop_filter: bool = False) -> dict[str, Any]:
     before = get_json(room_truth_url)
     skipped0 = sum(e.get("ticks_skipped", 0) for e in before["encoders"].values())
     room_cpu0, t0 = cpu_seconds(room_pid), time.monotonic()
     load0 = os.getloadavg()[0]
-    summary = run_fleet(url, probes, processes, duration, decode=decode, fast_receive=fast_receive,
-                        skip_loop_filter=skip_loop_filter, stagger_s=0.02)
+    summary = run_fleet(url, probes, processes, duration, decode=decode, fast_receive=receive != "aiortc",
+                        fused_receive=receive == "fused", skip_loop_filter=skip_loop_filter, stagger_s=0.02)
     room_cpu = (cpu_seconds(room_pid) - room_cpu0) / (time.monotonic() - t0)
     after = get_json(room_truth_url)
     skipped = sum(e.get("ticks_skipped", 0) for e in after["encoders"].values()) - skipped0
@@ -94,7 +94,7 @@ def fleet_row(url: str, room_pid: int, room_truth_url: str, probes: int, process
     def pli(truth: dict[str, Any]) -> int:
         return sum(e.get("keyframe_requests", {}).get("pli", 0) for e in truth["encoders"].values())
     return {
-        "mode": summary["mode"], "receive": "direct" if fast_receive else "aiortc", "probes": probes,
+        "mode": summary["mode"], "receive": receive, "probes": probes,
         "processes": processes, "joined": summary["joined"],
         "cpu_pct_per_probe": summary["cpu_pct_per_probe"],
         "cpu_steady": summary["cpu_pct_per_probe_steady"], "fps_mean": summary["fps_mean"],
@@ -181,8 +181,10 @@ def main() -> int:
     ap.add_argument("--pin", action="store_true",
                     help="room on all CPUs but the last, probes (and Chromium) on the last one: how many probes one "
                          "core carries, with the room unable to take that core's time")
-    ap.add_argument("--receive", default="direct",
-                    help="receive paths to run each fleet with, in turn: direct (default), aiortc, or direct,aiortc")
+    ap.add_argument("--receive", default="fused",
+                    help="receive paths to run each fleet with, in turn (e.g. fused,direct): fused (default: the "
+                         "direct path with one handler per packet, probe/rtphandler.py), direct (the direct path "
+                         "driving aiortc's receiver coroutines), aiortc (aiortc's own path)")
     ap.add_argument("--loop-filter", default="on",
                     help="decode fleets with the deblocking filter on (default), off (--no-loop-filter), or on,off")
     ap.add_argument("--processes", default="1",
@@ -206,16 +208,18 @@ def main() -> int:
     truth_url = f"http://127.0.0.1:{port}/rooms/{name}/truth"
     rows: list[dict[str, Any]] = []
     try:
-        paths = [p.strip() == "direct" for p in args.receive.split(",") if p.strip()]
+        paths = [p.strip() for p in args.receive.split(",") if p.strip()]
+        if not set(paths) <= {"fused", "direct", "aiortc"}:
+            raise SystemExit(f"--receive: fused, direct or aiortc, not {args.receive!r}")
         skips = [p.strip() == "off" for p in args.loop_filter.split(",") if p.strip()]
         process_counts = [int(p) for p in args.processes.split(",") if p.strip()]
         for decode, sizes in ((True, args.decode), (False, args.nodecode)):
             for n in [int(x) for x in sizes.split(",") if x]:
                 for skip in skips if decode else [False]:
-                    for fast in paths:  # back to back, so every variant sees the same machine
+                    for path in paths:  # back to back, so every variant sees the same machine
                         for procs in process_counts:
                             rows.append(with_steal(fleet_row, url, room.pid, truth_url, n, procs, args.duration,
-                                                   decode, fast, skip))
+                                                   decode, path, skip))
                             print(json.dumps(rows[-1]), file=sys.stderr)
         if args.room_viewers:
             rows.append(with_steal(fleet_row, url, room.pid, truth_url, args.room_viewers, 2, args.duration, False))

@@ -37,12 +37,13 @@ def started_ms(report: Report) -> float:
 
 
 async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decode: bool = True,
-                     query: str = "", fast_receive: bool = True,
+                     query: str = "", fast_receive: bool = True, fused: bool = True,
                      stalls: LoopStalls | None = None,
                      on_session: Callable[[Session], Any] | None = None) -> tuple[Report, dict[str, Any]]:
     """Run one probe session against a room built from ``scenario``; returns (report, viewer truth).
 
-    Checks which receive path the session took: the direct one (``probe.fastrecv``) or aiortc's.
+    Checks which receive path the session took: the direct one (``probe.fastrecv``; with ``fused``, through
+    ``probe.rtphandler``'s one function, else driving aiortc's receiver coroutines) or aiortc's.
     ``stalls``, if given, records this process's stalls during the session and the room's late ticks.
     ``on_session`` is called with the session before it runs.
     """
@@ -50,7 +51,7 @@ async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decod
     async with RoomServer(config) as server, stalls or contextlib.nullcontext():
         room = config.rooms[0].name
         session = Session(ProbeOptions(url=server.whep_url(room) + query, duration_s=duration_s, decode=decode,
-                                       fast_receive=fast_receive))
+                                       fast_receive=fast_receive, fused_receive=fused))
         if on_session is not None:
             on_session(session)
         report = await session.run()
@@ -61,6 +62,7 @@ async def probe_room(scenario: dict[str, Any], *, duration_s: float = 6.0, decod
         direct = session.direct_receive
         if fast_receive:
             assert direct is not None and direct.packets > 0 and direct.rejected == 0
+            assert direct.fused == (direct.packets if fused else 0)
         else:
             assert direct is None
     viewers = truth["viewers"]
@@ -71,12 +73,13 @@ def video_stream(report: Report) -> Any:
     return next(s for s in report.summary.streams if s.kind == "video")
 
 
-@pytest.mark.parametrize(("fast_receive", "codec"), [(True, "vp8"), (False, "vp8"), (True, "h264")],
-                         ids=["direct-receive", "aiortc-receive", "h264"])
-async def test_clean_session_matches_what_the_room_sent(fast_receive: bool, codec: str) -> None:
+@pytest.mark.parametrize(("receive", "codec"), [("fused", "vp8"), ("direct", "vp8"), ("aiortc", "vp8"),
+                                               ("fused", "h264")],
+                         ids=["direct-receive", "direct-receive-unfused", "aiortc-receive", "h264"])
+async def test_clean_session_matches_what_the_room_sent(receive: str, codec: str) -> None:
     stalls = LoopStalls()
     report, truth = await probe_room({"rooms": [{"name": "clean", "codec": codec}]}, duration_s=5,
-                                      fast_receive=fast_receive, stalls=stalls)
+                                      fast_receive=receive != "aiortc", fused=receive == "fused", stalls=stalls)
     assert report.failure is None, report.failure_message
     v = report.summary.video
     assert v is not None
