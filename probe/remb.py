@@ -12,30 +12,17 @@ than their arithmetic:
   timestamp deltas, found with one ``min()`` call per element and a ``list.pop(0)``. ~4 %.
   ``FastOveruseEstimator`` keeps them in a bounded deque and calls ``min`` once.
 
-And per packet, ``add`` walks ``InterArrival.compute_deltas`` (five method calls, a ``round``) to learn
-what is already known for most packets: a packet carrying its group's latest send time only joins the
-group. ``fast_add`` resolves that case inline (~20 % of the receiver's per-packet CPU when the sender stamps
-abs-send-time once per frame, as the room does; a sender stamping every packet gets aiortc's ``add``).
-
-All return exactly what aiortc's code returns for the same calls (differential tests:
+Both return exactly what aiortc's classes return for the same calls (differential tests:
 ``tests/test_probe_receive_equivalence.py``). ``install`` swaps them into one estimator instance before it
 has seen a packet.
 """
 
 from __future__ import annotations
 
-import types
 from collections import deque
 from typing import Any
 
-from aiortc.rate import (
-    MIN_FRAME_PERIOD_HISTORY_LENGTH,
-    BandwidthUsage,
-    InterArrival,
-    OveruseEstimator,
-    RateCounter,
-    RemoteBitrateEstimator,
-)
+from aiortc.rate import MIN_FRAME_PERIOD_HISTORY_LENGTH, OveruseEstimator, RateCounter
 
 
 class FastRateCounter(RateCounter):
@@ -127,39 +114,6 @@ class FastOveruseEstimator(OveruseEstimator):
         return min_frame_period
 
 
-def fast_add(self: RemoteBitrateEstimator, arrival_time_ms: int, abs_send_time: int, payload_size: int,
-             ssrc: int) -> tuple[int, list[int]] | None:
-    """``RemoteBitrateEstimator.add`` for a packet of the current timestamp group with the group's latest send
-    time (every packet of a frame after its first: the sender stamps abs-send-time per frame): the same steps
-    with ``InterArrival.compute_deltas`` resolved inline (it returns no deltas and only adds the packet to
-    the group); any other packet takes aiortc's ``add``."""
-    group = self.inter_arrival.current_group
-    timestamp = abs_send_time << 8
-    if (group is None or timestamp != group.last_timestamp or group.first_timestamp is None
-            or (timestamp - group.first_timestamp) & 0xFFFFFFFF >= 0x80000000):  # out of order: aiortc's path
-        return RemoteBitrateEstimator.add(self, arrival_time_ms, abs_send_time, payload_size, ssrc)
-    self.ssrcs[ssrc] = arrival_time_ms
-    incoming = self.incoming_bitrate
-    if incoming.rate(arrival_time_ms) is not None:
-        self.incoming_bitrate_initialized = True
-    elif self.incoming_bitrate_initialized:
-        incoming.reset()
-        self.incoming_bitrate_initialized = False
-    incoming.add(payload_size, arrival_time_ms)
-    # compute_deltas: not out of order, and a zero timestamp delta always "belongs to the burst"
-    group.size += payload_size
-    group.arrival_time = arrival_time_ms
-    last = self.last_update_ms
-    hypothesis = self.detector.hypothesis
-    if (last is None or arrival_time_ms - last > self.rate_control.feedback_interval()
-            or hypothesis == BandwidthUsage.OVERUSING):
-        target = self.rate_control.update(hypothesis, incoming.rate(arrival_time_ms), arrival_time_ms)
-        if target is not None:
-            self.last_update_ms = arrival_time_ms
-            return target, list(self.ssrcs.keys())
-    return None
-
-
 def install(estimator: Any) -> bool:
     """Give an aiortc ``RemoteBitrateEstimator`` (or None) its faster parts; False if not possible."""
     counter = getattr(estimator, "incoming_bitrate", None)
@@ -170,6 +124,4 @@ def install(estimator: Any) -> bool:
         return False  # already in use: too late to swap without losing state
     estimator.incoming_bitrate = FastRateCounter(counter._window_size, counter._scale)
     estimator.estimator = FastOveruseEstimator()
-    if type(estimator) is RemoteBitrateEstimator and type(estimator.inter_arrival) is InterArrival:
-        estimator.add = types.MethodType(fast_add, estimator)  # type: ignore[method-assign]
     return True

@@ -9,9 +9,9 @@ packet (``time.process_time``, best of ``--repeat``):
 
 - ``unprotect``: libsrtp only (``probe.srtp``);
 - ``+ parse``: and the RTP parse (``probe.rtpparse``);
-- ``+ receiver (direct)``: and the receiver as the direct path drove it before: the tap's and aiortc's
-  coroutines (``probe.fastrecv.drive``);
-- ``+ receiver (fused)``: and the receiver through ``probe.rtphandler``'s one function.
+- ``+ receiver (direct)``: and the receiver as the direct path drove it before ``probe.rtphandler``: the
+  tap's and aiortc's coroutines (``probe.fastrecv.drive``);
+- ``+ receiver (fused)``: the receiver through ``probe.rtphandler``'s one function (what probes run).
 
 The reference, measured in the same run, is the ``direct`` row. No sockets: the kernel's share (receive
 syscalls, event loop) is not in these numbers; ``scripts/bench_probe.py`` measures whole probes.
@@ -178,7 +178,7 @@ async def main() -> None:
     n = len(stream)
     print(f"{n} packets ({args.seconds:g} s of 720p30 H.264 ~1 Mbit/s + 50/s audio), best of {args.repeat}, "
           f"pid {os.getpid()}")
-    print("| stages | µs/packet | % of a core per probe (170 packets/s) |")
+    print(f"| stages | µs/packet | % of a core per probe ({n / args.seconds:.0f} packets/s) |")
     print("|---|---|---|")
     for v in variants:
         us = best[v] / n * 1e6
