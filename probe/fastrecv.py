@@ -11,11 +11,13 @@ so a busy event loop shows up as network delay in aiortc's bandwidth estimator.
 Once the DTLS transport is connected, ``install`` wraps the ``datagram_received`` of the nominated
 pair's UDP protocol (that instance only). An SRTP (not SRTCP) packet is then, synchronously:
 arrival time read → ``srtp_unprotect`` (``probe.srtp``) → an ``RtpPacket`` (``probe.rtpparse``) with the transport's
-header-extension map → routed as aiortc routes it → the receiver's ``_handle_rtp_packet`` driven to
-completion in place (it never waits on anything in aiortc 1.16; if it ever does, the rest of it runs
-as a task). Everything else (STUN, DTLS, SRTCP) takes aiortc's path unchanged, and the receiver's
-work (RTCP statistics, NACKs, jitter buffer, REMB, our tap) is aiortc's, so what the probe measures
-is the same on both paths; ``tests/test_probe_vs_room.py`` runs both.
+header-extension map → routed as aiortc routes it → for a receiver the probe tapped, ``probe.rtphandler``'s
+one function (the tap's counting and aiortc's receiver steps, no coroutine); otherwise, or with
+``fused=False``, the receiver's ``_handle_rtp_packet`` driven to completion in place (it never waits on
+anything in aiortc 1.16; if it ever does, the rest of it runs as a task). Everything else (STUN, DTLS,
+SRTCP) takes aiortc's path unchanged, and the receiver's work (RTCP statistics, NACKs, jitter buffer,
+REMB, our tap) is aiortc's, so what the probe measures is the same on every path;
+``tests/test_probe_vs_room.py`` runs all three.
 
 This reads private names of aiortc (``_rx_srtp``, ``_rtp_router``, ``_rtp_header_extensions_map``)
 and aioice (``_connection._nominated``). If one is missing, ``install`` returns None, logs

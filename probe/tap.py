@@ -5,9 +5,11 @@ entry, so the probe observes the receiver itself, per instance (no global patchi
 - every RTP packet before aiortc handles it (original vs RTX, via the negotiated codecs) → StreamCounter;
 - every RTCP packet it sends → NACK and PLI counts;
 - every complete encoded frame the jitter buffer hands to the decoder (its decoder queue is replaced
-  by ``_TapQueue``, whose ``put`` runs on the event loop) → assembled frames, keyframes, and in
+  by ``_TapQueue``, whose ``put`` runs on the event loop; on the direct receive path
+  ``probe.rtphandler`` calls ``on_encoded_frame`` itself) → assembled frames, keyframes, and in
   no-decode mode the frame size read from the bitstream instead of decoding (from the first keyframe
-  on: before it a decoder has nothing to show and asks for a keyframe, and so does the tap).
+  on: before it a decoder has nothing to show and asks for a keyframe, and so does the tap), handed to
+  ``on_undecoded`` at once (the session's ``_show``) rather than through the track's queue and a task.
 Audio frames are counted at assembly and never decoded (nothing here needs PCM).
 
 Decode mode decodes video on the process's decoder threads (one per CPU it may run on, shared by its
