@@ -6,6 +6,7 @@ Differential tests: the same inputs go to aiortc's class and to ours, every outp
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -201,3 +202,168 @@ def test_the_tap_installs_the_stand_ins_in_aiortcs_receiver(kind: str) -> None:
         assert isinstance(estimator.estimator, FastOveruseEstimator)
     else:
         assert estimator is None  # aiortc estimates no audio bandwidth
+
+
+# --- the fused handler (probe/rtphandler.py) against the coroutine pair it replaces ------------------
+VIDEO_PT, RTX_PT, AUDIO_PT = 102, 103, 111
+VIDEO_SSRC, RTX_SSRC, AUDIO_SSRC = 1111, 1112, 2222
+
+
+class _Recorder:
+    """Stands in for the DTLS transport under a receiver: records the RTCP it is asked to send."""
+
+    def __init__(self) -> None:
+        self.state = "connected"
+        self.sent: list[bytes] = []
+
+    def _register_rtp_receiver(self, *args: object) -> None:
+        pass
+
+    def _unregister_rtp_receiver(self, *args: object) -> None:
+        pass
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+async def _tapped_receiver(kind: str, clock: list[float], assembled: list[tuple[object, ...]],
+                           shown: list[object]) -> tuple[RTCRtpReceiver, _Recorder, dict[int, object]]:
+    from aiortc.rtcrtpparameters import (
+        RTCRtcpFeedback,
+        RTCRtpCodecParameters,
+        RTCRtpDecodingParameters,
+        RTCRtpReceiveParameters,
+        RTCRtpRtxParameters,
+    )
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+    transport = _Recorder()
+    r = RTCRtpReceiver(kind, transport)  # type: ignore[arg-type]
+    r._track = RemoteStreamTrack(kind)
+    counters: dict[int, object] = {}
+    ReceiverTap(r, kind, decode=False, now_ms=lambda: clock[0], counters=counters,  # type: ignore[arg-type]
+                on_assembled=lambda *a: assembled.append(a), on_first_rtp=lambda t: assembled.append(("first", t)),
+                on_undecoded=shown.append).install()
+    if kind == "video":
+        fb = [RTCRtcpFeedback(type="nack"), RTCRtcpFeedback(type="nack", parameter="pli"),
+              RTCRtcpFeedback(type="goog-remb")]
+        codecs = [RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=VIDEO_PT,
+                                        rtcpFeedback=fb, parameters={"packetization-mode": "1"}),
+                  RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=RTX_PT,
+                                        parameters={"apt": VIDEO_PT})]
+        encodings = [RTCRtpDecodingParameters(ssrc=VIDEO_SSRC, payloadType=VIDEO_PT,
+                                              rtx=RTCRtpRtxParameters(ssrc=RTX_SSRC))]
+    else:
+        codecs = [RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=AUDIO_PT)]
+        encodings = [RTCRtpDecodingParameters(ssrc=AUDIO_SSRC, payloadType=AUDIO_PT)]
+    await r.receive(RTCRtpReceiveParameters(codecs=codecs, encodings=encodings))
+    r._set_rtcp_ssrc(4444)
+    return r, transport, counters
+
+
+def _h264_packets(rng: random.Random, n_frames: int) -> list[tuple[RtpPacket, float]]:
+    """(packet, arrival ms) of a video stream with abs-send-time per frame: single-NAL H.264 payloads
+    (an IDR every 60 frames), 1-6 packets a frame; then lost, duplicated, reordered; some lost packets come
+    back later as RTX, one packet carries an unknown payload type and one is empty."""
+    out: list[tuple[RtpPacket, float]] = []
+    seq, ts, t = rng.randrange(65536), rng.randrange(2**32), 1_000_000.0
+    rtx_seq = rng.randrange(65536)
+    lost: list[RtpPacket] = []
+    for frame in range(n_frames):
+        nal = 0x65 if frame % 60 == 0 else 0x41
+        for i in range(rng.randint(1, 6)):
+            p = RtpPacket(payload_type=VIDEO_PT, sequence_number=seq, timestamp=ts, ssrc=VIDEO_SSRC,
+                          payload=bytes([nal]) + rng.randbytes(rng.randint(20, 300)))
+            p.extensions.abs_send_time = int((t / 1000.0) * (1 << 18)) & 0xFFFFFF
+            seq = (seq + 1) & 0xFFFF
+            r = rng.random()
+            if r < 0.04:
+                lost.append(p)
+                continue
+            out.append((p, t + i * 0.2))
+            if r < 0.06:
+                out.append((p, t + i * 0.2 + 0.1))
+        if lost and rng.random() < 0.3:
+            original = lost.pop(0)
+            rtx = RtpPacket(payload_type=RTX_PT, sequence_number=rtx_seq, timestamp=original.timestamp, ssrc=RTX_SSRC,
+                            payload=original.sequence_number.to_bytes(2, "big") + original.payload)
+            rtx.extensions.abs_send_time = original.extensions.abs_send_time
+            rtx_seq = (rtx_seq + 1) & 0xFFFF
+            out.append((rtx, t + 7))
+        ts = (ts + 3000) & 0xFFFFFFFF
+        t += rng.choice([33.0, 33.0, 34.0, 90.0])
+    for j in range(len(out) - 1):
+        if rng.random() < 0.02:
+            out[j], out[j + 1] = out[j + 1], out[j]
+    out.insert(len(out) // 2, (RtpPacket(payload_type=99, sequence_number=1, timestamp=1, ssrc=VIDEO_SSRC,
+                                         payload=b"\x41xx"), out[len(out) // 2][1]))
+    out.insert(len(out) // 3, (RtpPacket(payload_type=VIDEO_PT, sequence_number=seq, timestamp=ts, ssrc=VIDEO_SSRC,
+                                         payload=b""), out[len(out) // 3][1]))
+    return out
+
+
+def _opus_packets(rng: random.Random, n: int) -> list[tuple[RtpPacket, float]]:
+    out = []
+    seq, ts, t = rng.randrange(65536), rng.randrange(2**32), 1_000_000.0
+    for _ in range(n):
+        p = RtpPacket(payload_type=AUDIO_PT, sequence_number=seq, timestamp=ts, ssrc=AUDIO_SSRC,
+                      payload=rng.randbytes(80))
+        if rng.random() > 0.05:
+            out.append((p, t))
+        seq, ts, t = (seq + 1) & 0xFFFF, (ts + 960) & 0xFFFFFFFF, t + 20.0
+    return out
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+async def test_fused_handler_does_what_the_coroutine_pair_does(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same packets (loss, duplicates, reordering, RTX, an unknown payload type, an empty payload) go to a
+    receiver driven as before (the tap's and aiortc's coroutines) and to one through the fused handler:
+    the frames assembled and shown, the tap's counters, the RTCP sent (NACK, PLI, REMB, byte for byte) and
+    aiortc's own statistics and NACK state are the same."""
+    from probe.fastrecv import NTP_EPOCH_MS, drive
+    from probe.rtphandler import fused_handler
+
+    rng = random.Random(kind)
+    packets = _h264_packets(rng, 400) if kind == "video" else _opus_packets(rng, 600)
+    clock = [0.0]
+    # the wall clock reads the arrival time too (the tap dates packets by it; aiortc's RTCP statistics read it)
+    monkeypatch.setattr(time, "time", lambda: clock[0] / 1000.0)
+    results = []
+    for fused in (False, True):
+        assembled: list[tuple[object, ...]] = []
+        shown: list[object] = []
+        r, transport, counters = await _tapped_receiver(kind, clock, assembled, shown)
+        tap = r._probe_tap  # type: ignore[attr-defined]
+        frames: list[tuple[str, bytes, int]] = []
+        on_encoded_frame = tap.on_encoded_frame
+
+        def record(codec: str, data: bytes, timestamp: int, on_encoded_frame: Callable[..., None] = on_encoded_frame,
+                   frames: list[tuple[str, bytes, int]] = frames) -> None:
+            frames.append((codec, data, timestamp))
+            on_encoded_frame(codec, data, timestamp)
+
+        tap.on_encoded_frame = record  # what the decoder would get: codec, bytes, mapped timestamp
+        handler = fused_handler(tap) if fused else None
+        assert (handler is not None) == fused
+        for packet, arrival in packets:
+            clock[0] = arrival  # the session clock reads the arrival time: both paths see the same "now"
+            arrival_ntp = arrival + NTP_EPOCH_MS
+            copy = RtpPacket.parse(packet.serialize(_ext_map()), _ext_map())  # a fresh object each path
+            if handler is not None:
+                handler(copy, arrival_ntp)
+            else:
+                assert drive(r._handle_rtp_packet(copy, arrival_time_ms=arrival_ntp))
+        stats = {ssrc: (s.packets_received, s.max_seq, s.cycles, s.base_seq, s.jitter)
+                 for ssrc, s in r._RTCRtpReceiver__remote_streams.items()}  # type: ignore[attr-defined]
+        nack = r._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        results.append((frames, assembled, shown, {k: vars(v) for k, v in counters.items()}, transport.sent, stats,
+                        None if nack is None else (nack.max_seq, sorted(nack.missing))))
+        await r.stop()
+    before, after = results
+    names = ["frames", "assembled", "shown", "counters", "rtcp", "stats", "nack"]
+    for name, a, b in zip(names, before, after, strict=True):
+        assert b == a, name
+    _frames, assembled, shown, _counters, rtcp, _stats, _nack = before
+    assert len(assembled) > (300 if kind == "video" else 400)
+    if kind == "video":
+        assert len(shown) > 300 and len(rtcp) > 20  # NACKs, PLIs and REMBs were compared
