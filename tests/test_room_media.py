@@ -345,6 +345,10 @@ async def test_direct_send_path_is_used_and_its_truth_matches_the_wire(session: 
         viewer = WhepViewer(server.whep_url("test"), labels={"region": "eu"}, tap=True)
         assert await viewer.join(session) == 201
         await viewer.wait_frames(1, within_s=10)
+        # the room's send-only transceivers carry no REMB estimator (room.room._drop_receive_estimator)
+        (room_viewer,) = server.rooms["test"].viewers.values()
+        receivers = [t.receiver for t in room_viewer.pc.getTransceivers()]
+        assert receivers and all(getattr(r, "_RTCRtpReceiver__remote_bitrate_estimator", 0) is None for r in receivers)
         await asyncio.sleep(3)
         assert viewer.location is not None
         async with session.delete(server.base_url + viewer.location) as resp:
