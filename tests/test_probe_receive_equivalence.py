@@ -134,12 +134,12 @@ def test_rtp_parser_matches_aiortc_on_valid_and_broken_packets() -> None:
 
 
 # --- jitter buffer -------------------------------------------------------------------------------
-def _stream(rng: random.Random, n_frames: int) -> list[RtpPacket]:
-    """Packets of a stream with 1-8 packets per frame, then lost, duplicated, reordered, jumped."""
+def _stream(rng: random.Random, n_frames: int, max_packets: int = 8) -> list[RtpPacket]:
+    """Packets of a stream with 1-``max_packets`` packets per frame, then lost, duplicated, reordered, jumped."""
     packets = []
     seq, ts = rng.randrange(65536), rng.randrange(2**32)
     for _ in range(n_frames):
-        for _ in range(rng.randint(1, 8)):
+        for _ in range(rng.randint(1, max_packets)):
             packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts)
             packet._data = rng.randbytes(3)  # type: ignore[attr-defined]
             packets.append(packet)
@@ -161,15 +161,18 @@ def _stream(rng: random.Random, n_frames: int) -> list[RtpPacket]:
     return out
 
 
-@pytest.mark.parametrize(("capacity", "prefetch", "video"), [(512, 0, True), (16, 4, False), (8, 0, True),
-                                                             (16, 2, True)])
-def test_fast_jitter_buffer_matches_aiortc(capacity: int, prefetch: int, video: bool) -> None:
-    rng = random.Random(capacity * 10 + prefetch)
+@pytest.mark.parametrize(("capacity", "prefetch", "video", "max_packets"),
+                         [(512, 0, True, 8), (16, 4, False, 8), (8, 0, True, 8), (16, 2, True, 8),
+                          (512, 0, True, 120), (64, 0, True, 120)])
+def test_fast_jitter_buffer_matches_aiortc(capacity: int, prefetch: int, video: bool, max_packets: int) -> None:
+    """Every return value and the whole state after every packet; frames of up to 120 packets exercise the
+    video scan's resumption (a keyframe's packets) and the buffer's overflow."""
+    rng = random.Random(capacity * 10 + prefetch + max_packets)
     frames = plis = 0
     for _ in range(40):
         ref = JitterBuffer(capacity, prefetch=prefetch, is_video=video)
         fast = FastJitterBuffer(capacity, prefetch=prefetch, is_video=video)
-        for packet in _stream(rng, 150):
+        for packet in _stream(rng, 150 if max_packets <= 8 else 60, max_packets):
             pli_ref, frame_ref = ref.add(packet)
             pli_fast, frame_fast = fast.add(packet)
             assert pli_fast == pli_ref
@@ -180,7 +183,7 @@ def test_fast_jitter_buffer_matches_aiortc(capacity: int, prefetch: int, video: 
             plis += pli_ref
             assert fast._origin == ref._origin
             assert fast._packets == ref._packets
-    assert frames > 500 and (plis > 0 or not video)
+    assert frames > (500 if max_packets <= 8 else 200) and (plis > 0 or not video)
 
 
 # --- installed where the probe receives ------------------------------------------------------------
