@@ -15,7 +15,8 @@ same order on the receiver's own state objects:
 7. aiortc's NACK generator, and a NACK for a new gap;
 8. the payload depacketized;
 9. the jitter buffer, and a PLI when it or a decode error asks for one;
-10. a complete frame: its timestamp mapped, then ``ReceiverTap.on_encoded_frame``.
+10. a complete frame: its timestamp mapped, then ``ReceiverTap.on_encoded_frame`` with the arrival time of
+    the packet that completed it (docs/metrics.md, "Rendered frame").
 
 RTCP it sends (REMB, NACK, PLI) goes through the receiver's own coroutines, driven to completion in place
 as before (``fastrecv.drive``). What changes is only the glue: two coroutine objects, a queue ``put`` and
@@ -84,8 +85,9 @@ def fused_handler(tap: ReceiverTap) -> Handler | None:
     wall = time.time
 
     def handle(packet: RtpPacket, arrival_ms: float) -> None:
-        # 1. the tap (ReceiverTap.on_rtp with a kernel arrival time)
-        count(packet, now_ms() - max(0.0, wall() * 1000.0 + NTP_EPOCH_MS - arrival_ms))
+        # 1. the tap (ReceiverTap.on_rtp with a kernel arrival time), on the session clock
+        t = now_ms() - max(0.0, wall() * 1000.0 + NTP_EPOCH_MS - arrival_ms)
+        count(packet, t)
         if not r._enabled:
             return
         # 2. bandwidth estimate; aiortc's estimator indexes by whole ms
@@ -150,6 +152,6 @@ def fused_handler(tap: ReceiverTap) -> Handler | None:
         # 10. a complete frame
         if frame is not None:
             frame.timestamp = mapper.map(frame.timestamp)
-            on_frame(name, frame.data, frame.timestamp)
+            on_frame(name, frame.data, frame.timestamp, t)  # complete at this packet's arrival
 
     return handle

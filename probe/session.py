@@ -179,6 +179,7 @@ class Session:
         self._first_rtp.set()
 
     def _on_assembled(self, kind: str, info: FrameInfo, t_ms: float) -> None:
+        t_ms = self._not_before_first_rtp(t_ms)
         if kind == "audio":
             if self.phases["first_audio_ms"] is None:
                 self.phases["first_audio_ms"] = t_ms
@@ -222,11 +223,18 @@ class Session:
                 return
             self._show(frame)
 
+    def _not_before_first_rtp(self, t_ms: float) -> float:
+        """An arrival time, but not before the first RTP packet could be decrypted (``first_rtp_ms``)."""
+        first = self.phases["first_rtp_ms"]
+        return t_ms if first is None or t_ms >= first else first
+
     def _show(self, frame: Any) -> None:
-        """A frame reaches the screen: a decoded frame from the track, or (no-decode) an ``UndecodedFrame``
-        straight from the tap (no queue, no task switch per frame)."""
+        """A frame reaches the screen: a decoded frame from the track, now; or (no-decode) an
+        ``UndecodedFrame`` straight from the tap (no queue, no task switch per frame), when it was complete."""
         t = self.now_ms()
         if isinstance(frame, UndecodedFrame):
+            if frame.t_ms is not None:
+                t = self._not_before_first_rtp(frame.t_ms)
             w, h = frame.width, frame.height
             if w is None and self.video.size is not None:
                 w, h = self.video.size

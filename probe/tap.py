@@ -73,6 +73,8 @@ class UndecodedFrame:
     width: int | None
     height: int | None
     keyframe: bool
+    t_ms: float | None = None
+    """When it was complete: the arrival time (session clock) of the packet that completed it, where known."""
 
 
 _NOT_VIDEO = FrameInfo(False, None, None)
@@ -500,14 +502,18 @@ class ReceiverTap:
                 c.pli_count += 1
         return True
 
-    def on_encoded_frame(self, codec_name: str, data: bytes, timestamp: int) -> None:
-        """Record a complete encoded frame, then decode it (decode mode) or pass its size on (no-decode)."""
+    def on_encoded_frame(self, codec_name: str, data: bytes, timestamp: int, arrival_ms: float | None = None) -> None:
+        """Record a complete encoded frame, then decode it (decode mode) or pass its size on (no-decode).
+
+        ``arrival_ms``: the arrival time (session clock) of the packet that completed it, from the direct
+        receive path; the frame is assembled then, however late this process got to it. None: now."""
         now = self.now_ms()
+        t = now if arrival_ms is None else arrival_ms
         if self.kind != "video":
-            self.on_assembled(self.kind, _NOT_VIDEO, now)
+            self.on_assembled(self.kind, _NOT_VIDEO, t)
             return
         info = frame_info(codec_name, data)
-        self.on_assembled("video", info, now)
+        self.on_assembled("video", info, t)
         track_queue: asyncio.Queue[Any] = self.receiver._track._queue
         if not self.decode:
             if not self.keyframe_seen:
@@ -520,7 +526,7 @@ class ReceiverTap:
                     self.receiver._RTCRtpReceiver__decoder_error.set()
                     return
                 self.keyframe_seen = True
-            frame = UndecodedFrame(info.width, info.height, info.keyframe)
+            frame = UndecodedFrame(info.width, info.height, info.keyframe, t)
             if self.on_undecoded is not None:
                 self.on_undecoded(frame)
             else:

@@ -68,3 +68,10 @@ async def test_probe_host_stalls_do_not_show_as_jitter_with_kernel_timestamps(ro
     # nothing was lost on either path: the socket buffer held every packet through each stall
     for report in (kernel, app):
         assert all(s.packetsLost == 0 for s in report.summary.streams)
+    # no-decode frames are complete when their last packet arrived (docs/metrics.md, "Rendered frame"):
+    # with kernel times the 200 ms stalls of the probe's own loop leave no freeze; dated by the application
+    # they make frame gaps of ~230 ms, over the freeze threshold
+    freezes = {name: r.summary.video.freezeCount for name, r in (("kernel", kernel), ("app", app))
+               if r.summary.video is not None}
+    assert freezes.get("app", 0) >= 3, freezes
+    assert freezes.get("kernel") == 0, freezes

@@ -340,10 +340,11 @@ async def test_fused_handler_does_what_the_coroutine_pair_does(kind: str, monkey
         frames: list[tuple[str, bytes, int]] = []
         on_encoded_frame = tap.on_encoded_frame
 
-        def record(codec: str, data: bytes, timestamp: int, on_encoded_frame: Callable[..., None] = on_encoded_frame,
+        def record(codec: str, data: bytes, timestamp: int, arrival_ms: float | None = None, *,
+                   on_encoded_frame: Callable[..., None] = on_encoded_frame,
                    frames: list[tuple[str, bytes, int]] = frames) -> None:
             frames.append((codec, data, timestamp))
-            on_encoded_frame(codec, data, timestamp)
+            on_encoded_frame(codec, data, timestamp, arrival_ms)
 
         tap.on_encoded_frame = record  # what the decoder would get: codec, bytes, mapped timestamp
         handler = fused_handler(tap) if fused else None
