@@ -159,6 +159,8 @@ class Session:
         self.latency_clock = opts.latency_clock
         self._ice_addresses: list[str] | None = None
         self.video_tap: ReceiverTap | None = None
+        self._end_ms: float | None = None
+        """When watching ended (session ms); frames shown later (while leaving) are not counted."""
 
     def now_ms(self) -> float:
         """Session time: ms since t0."""
@@ -231,10 +233,13 @@ class Session:
     def _show(self, frame: Any) -> None:
         """A frame reaches the screen: a decoded frame from the track, now; or (no-decode) an
         ``UndecodedFrame`` straight from the tap (no queue, no task switch per frame), when it was complete."""
+        undecoded = isinstance(frame, UndecodedFrame)
         t = self.now_ms()
-        if isinstance(frame, UndecodedFrame):
-            if frame.t_ms is not None:
-                t = self._not_before_first_rtp(frame.t_ms)
+        if undecoded and frame.t_ms is not None:
+            t = self._not_before_first_rtp(frame.t_ms)
+        if self._end_ms is not None and t > self._end_ms:
+            return  # shown after the session's end (while it leaves): outside the watch time
+        if undecoded:
             w, h = frame.width, frame.height
             if w is None and self.video.size is not None:
                 w, h = self.video.size
@@ -307,7 +312,7 @@ class Session:
         except Exception as e:  # a bug in the probe: still a report
             log.exception("probe_error")
             self._fail("probe_error", f"{type(e).__name__}: {e}")
-        end_ms = self.now_ms()
+        end_ms = self._end_ms = self.now_ms()
         for t in tasks:
             t.cancel()
         for t in tasks:
