@@ -16,7 +16,7 @@ same order on the receiver's own state objects:
 8. the payload depacketized;
 9. the jitter buffer, and a PLI when it or a decode error asks for one;
 10. a complete frame: its timestamp mapped, then ``ReceiverTap.on_encoded_frame`` with the arrival time of
-    the packet that completed it (docs/metrics.md, "Rendered frame").
+    the packet that completed it (docs/metrics.md, "Assembled frame").
 
 RTCP it sends (REMB, NACK, PLI) goes through the receiver's own coroutines, driven to completion in place
 as before (``fastrecv.drive``). What changes is only the glue: two coroutine objects, a queue ``put`` and
@@ -30,7 +30,6 @@ and packets keep the coroutine pair.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ from aiortc.codecs.vpx import vp8_depayload
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unwrap_rtx
 
-from probe.fastrecv import NTP_EPOCH_MS, drive
+from probe.fastrecv import drive
 
 if TYPE_CHECKING:
     from probe.tap import ReceiverTap
@@ -81,12 +80,11 @@ def fused_handler(tap: ReceiverTap) -> Handler | None:
     video = tap.kind == "video"
     by_pt: dict[int, tuple[Any, str, bool, Callable[[bytes], bytes] | None]] = {}
     seen = [float("-inf")]
-    count, on_frame, now_ms = tap.count, tap.on_encoded_frame, tap.now_ms
-    wall = time.time
+    count, on_frame, arrived = tap.count, tap.on_encoded_frame, tap.arrived
 
     def handle(packet: RtpPacket, arrival_ms: float) -> None:
         # 1. the tap (ReceiverTap.on_rtp with a kernel arrival time), on the session clock
-        t = now_ms() - max(0.0, wall() * 1000.0 + NTP_EPOCH_MS - arrival_ms)
+        t = arrived(arrival_ms)
         count(packet, t)
         if not r._enabled:
             return

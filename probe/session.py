@@ -234,9 +234,7 @@ class Session:
         """A frame reaches the screen: a decoded frame from the track, now; or (no-decode) an
         ``UndecodedFrame`` straight from the tap (no queue, no task switch per frame), when it was complete."""
         undecoded = isinstance(frame, UndecodedFrame)
-        t = self.now_ms()
-        if undecoded and frame.t_ms is not None:
-            t = self._not_before_first_rtp(frame.t_ms)
+        t = self._not_before_first_rtp(frame.t_ms) if undecoded and frame.t_ms is not None else self.now_ms()
         if self._end_ms is not None and t > self._end_ms:
             return  # shown after the session's end (while it leaves): outside the watch time
         if undecoded:

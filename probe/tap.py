@@ -439,10 +439,15 @@ class ReceiverTap:
         a float from the direct receive path (the kernel's receive time, ``probe.fastrecv``), used to
         date the packet on the session clock; an int from aiortc's own path (the wall clock in whole ms
         read just before), where the time now is the better reading."""
-        now = self.now_ms()
         if isinstance(arrival_time_ms, float):
-            now -= max(0.0, time.time() * 1000.0 + NTP_EPOCH_MS - arrival_time_ms)
-        self.count(packet, now)
+            self.count(packet, self.arrived(arrival_time_ms))
+        else:
+            self.count(packet, self.now_ms())
+
+    def arrived(self, arrival_time_ms: float) -> float:
+        """A kernel receive time (ms since 1900, aiortc's clock) on the session clock: now, less how long ago
+        it was (never later than now)."""
+        return self.now_ms() - max(0.0, time.time() * 1000.0 + NTP_EPOCH_MS - arrival_time_ms)
 
     def count(self, packet: Any, now: float) -> None:
         """Count an RTP packet that arrived at ``now`` (session ms)."""
@@ -507,8 +512,7 @@ class ReceiverTap:
 
         ``arrival_ms``: the arrival time (session clock) of the packet that completed it, from the direct
         receive path; the frame is assembled then, however late this process got to it. None: now."""
-        now = self.now_ms()
-        t = now if arrival_ms is None else arrival_ms
+        t = self.now_ms() if arrival_ms is None else arrival_ms
         if self.kind != "video":
             self.on_assembled(self.kind, _NOT_VIDEO, t)
             return
@@ -536,5 +540,5 @@ class ReceiverTap:
             self.decoder = FrameDecoder(asyncio.get_running_loop(), track_queue,
                                         self.receiver._RTCRtpReceiver__decoder_error,
                                         skip_loop_filter=self.skip_loop_filter)
-        self.decode_lag.assembled(timestamp, now)
+        self.decode_lag.assembled(timestamp, self.now_ms())  # the decoder's queue starts now
         self.decoder.submit(codec_name, data, timestamp)
