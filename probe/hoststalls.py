@@ -108,3 +108,30 @@ def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float | None
     """The hypervisor's share of the CPU time between two :func:`cpu_steal_ticks` readings (None if no time
     was counted between them)."""
     return (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else None
+
+
+def cpu_model() -> str:
+    """The host CPU's model name and clock from /proc/cpuinfo (e.g. ``AMD EPYC @ 2596 MHz``), "" where none.
+
+    Benchmarks print it: the same code on another VM host gives other numbers, and a reader comparing runs
+    across days needs to know whether the machine changed."""
+    model = mhz = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and not model:
+                    model = value
+                elif key == "cpu MHz" and not mhz:
+                    mhz = value
+                if model and mhz:
+                    break
+    except OSError:
+        return ""
+    if mhz:
+        try:
+            return f"{model} @ {float(mhz):.0f} MHz"
+        except ValueError:
+            pass
+    return model

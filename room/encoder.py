@@ -211,9 +211,13 @@ def open_video_codec(codec: str, rendition: Rendition, threads: int = 1) -> Any:
         ctx = av.CodecContext.create("libvpx", "w")
         ctx.options = {
             "deadline": "realtime",
-            # 12: 10.3 vs 16 ms of CPU per 720p frame at 8, bitrate still on target (297/592/1477 kbps for
-            # 300/600/1500 configured); 16 is faster but overshoots low bitrates by up to 45 %
-            "cpu-used": "12",
+            # A fixed speed (negative cpu-used). A positive value makes libvpx's realtime mode tune its speed
+            # to spend (16 - cpu-used) / 16 of the frame interval, so what it did depended on the machine's
+            # load: 12 spent ~8 ms per 720p frame anywhere below 1080p. Speed 14 spends 4.6-4.8 ms at 720p,
+            # 0.8-1.1 at 360p, and holds the bitrate (1010/1492/2468 kbps at 720p for 1000/1500/2500, 305/783
+            # at 360p for 300/800, 700 at 540p, 2986 at 1080p for 3000); speed 16 (cpu-used 16) does not
+            # (1245 for 1000 at 720p, 436 for 300 and 578 for 800 at 360p). docs/room.md, Cost.
+            "cpu-used": "-14",
             "lag-in-frames": "0",
             "error-resilient": "1",
             "auto-alt-ref": "0",

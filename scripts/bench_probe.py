@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from probe.hoststalls import cpu_steal_ticks, steal_share  # noqa: E402
+from probe.hoststalls import cpu_model, cpu_steal_ticks, steal_share  # noqa: E402
 from probe.load import run_fleet  # noqa: E402
 from room.truth import classify_freezes  # noqa: E402
 
@@ -242,7 +242,8 @@ def main() -> int:
     else:
         print("\nreference: headless Chromium not available (scripts/reference_viewer or /usr/bin/chromium missing)")
     pinned = f"; room on CPUs {sorted(room_cpus)}, probes on CPU {sorted(os.sched_getaffinity(0))}" if room_cpus else ""
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end{pinned}")
+    model = cpu_model() or "CPU model unknown"
+    print(f"machine: {os.cpu_count()} cores ({model}), load average {os.getloadavg()[0]:.2f} at the end{pinned}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "reference": reference}, indent=1))
     return 0

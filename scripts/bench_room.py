@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from probe.hoststalls import cpu_model  # noqa: E402
+
 ROOM = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -237,7 +241,7 @@ def main() -> int:
 
     load = os.getloadavg()
     print(f"\nroom {args.spec}, {args.seconds:.0f} s windows, load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f} on {os.cpu_count()} CPUs"
+          f"{load[2]:.2f} on {os.cpu_count()} CPUs ({cpu_model() or 'CPU model unknown'})"
           + (f"; room pinned to CPU {sorted(room_cpus)}, viewers on the others" if room_cpus else "") + "\n")
     print("| viewers | room CPU | encode CPU | packets/s sent | received/s | µs/packet (excl. encode) | fps delivered "
           "| ticks skipped | steal | load 1m |")  # fmt: skip
