@@ -7,10 +7,14 @@ CPU % per probe (CPU-seconds / wall-second of the probe workers ÷ probes), fps,
 is a false freeze: the room freezes nothing in this scenario; `freezes_in_host_stalls` counts those that
 overlap a stall of the probe's own process, `freezes_room_late` those, of the rest, inside a time the room's
 encoder ran late: real freezes of a starved room), and the room's CPU % while serving.
+The room's own capacity (≥ 200 viewers per core) is `scripts/bench_room.py`'s: its viewers only count
+packets, so the room, not the viewers' host, is what runs out. `--room-viewers N` adds a row of N full
+no-decode probes (2 processes) here; that needs cores for N probes besides the room's, or it measures the
+probes' host (on 2 cores with --pin, 200 probes on one core got 14 fps: the row says so in its host stalls).
 Reference measured in the same run: one headless Chromium viewer's CPU (whole process group) on the
 same stream, when Chromium and scripts/reference_viewer are available.
 
-    .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100,200]
+    .venv/bin/python scripts/bench_probe.py [--duration 20] [--decode 1,6,12] [--nodecode 50,100]
         [--receive fused,direct,aiortc]  # each fleet on each receive path, back to back
         [--pin]                     # room on one core, probes on the other: probes per core, measured
         [--loop-filter on,off]      # decode fleets with and without the deblocking filter, back to back
@@ -176,7 +180,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--decode", default="1,6,12", help="decode fleet sizes (one worker process each)")
     ap.add_argument("--nodecode", default="50,100", help="no-decode fleet sizes per worker process")
-    ap.add_argument("--room-viewers", type=int, default=200, help="no-decode viewers for the room-capacity row")
+    ap.add_argument("--room-viewers", type=int, default=0,
+                    help="add a row of N no-decode probes in 2 processes (needs cores for them; room capacity "
+                         "itself: scripts/bench_room.py)")
     ap.add_argument("--spec", default="bench:1280x720@30:vp8:1500")
     ap.add_argument("--pin", action="store_true",
                     help="room on all CPUs but the last, probes (and Chromium) on the last one: how many probes one "
