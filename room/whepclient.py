@@ -47,6 +47,8 @@ class SsrcCount:
     first_seq: int | None = None
     highest_seq: int = 0
     """Highest extended (wrap-counted) sequence number seen."""
+    marked: int = 0
+    """Packets with the RTP marker bit (for video: the last packet of each frame sent)."""
 
     @property
     def expected(self) -> int:
@@ -77,6 +79,7 @@ class WireTap:
                     count = by_ssrc[ssrc] = SsrcCount()
                 count.packets += 1
                 count.bytes += len(data)
+                count.marked += data[1] >> 7
                 seq = int.from_bytes(data[2:4], "big")
                 if count.first_seq is None:
                     count.first_seq = count.highest_seq = seq

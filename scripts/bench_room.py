@@ -8,8 +8,13 @@ window: the room's CPU (``/proc/PID/stat``), the encoder threads' CPU (the truth
 ``encode_cpu_ms_avg × frames_encoded``), the packets it sent (the truth's per-viewer counts) and
 what the viewers received.
 
-    .venv/bin/python scripts/bench_room.py --viewers 1,50,100,200 --seconds 10 [--pin]
+    .venv/bin/python scripts/bench_room.py --viewers 1,50,100,200 --seconds 10 [--pin] [--reference-viewers 2]
     .venv/bin/python scripts/bench_room.py --pin --viewers 150,200 --seconds 20 --settle 5 --spec 1280x720@30:h264:1500
+
+The reference, measured in the same run on the same CPU (``--reference-viewers K``, default 2: 3
+already fill a core; 0 to skip): a WHEP server written as aiortc's examples write one
+(``scripts/stock_aiortc_server.py``: a track and an encoder per viewer), serving K light viewers; it
+prints its CPU per viewer beside the room's.
 
 CPU per packet is the robust figure on a shared machine (other processes take cores, not
 instructions); the CPU % and the fps delivered depend on what else runs, so the load average is
@@ -97,7 +102,10 @@ async def _worker_main(url: str, conn: Connection) -> None:
                 conn.send(sum(s == 201 for s in statuses))
             elif cmd == "count":
                 packets = sum(c.packets for v in viewers if v.wire for c in v.wire.by_ssrc.values())
-                conn.send((packets, _cpu_s(os.getpid())))
+                # video frames: marker-bit packets of each viewer's largest stream (its video)
+                frames = sum(max(v.wire.by_ssrc.values(), key=lambda c: c.bytes).marked
+                             for v in viewers if v.wire and v.wire.by_ssrc)
+                conn.send((packets, _cpu_s(os.getpid()), frames))
             elif cmd == "stop":
                 await asyncio.gather(*(v.leave() for v in viewers), return_exceptions=True)
                 conn.send(None)
@@ -108,6 +116,67 @@ async def _join(viewer: Any, session: Any, sem: asyncio.Semaphore) -> int:
     async with sem:
         status: int = await viewer.join(session)
         return status
+
+
+# -- the reference: stock aiortc, encoding per viewer (scripts/stock_aiortc_server.py)
+
+
+def reference(args: argparse.Namespace, cpus: set[int] | None, env: dict[str, str]) -> dict[str, Any] | None:
+    """Serve ``args.reference_viewers`` light viewers from a stock-aiortc WHEP server on the room's CPUs, and
+    measure it as the room was measured (its process CPU over ``args.seconds``, packets and frames received)."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "stock_aiortc_server.py"), "--port", str(port), "--spec", args.spec],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )  # fmt: skip
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=_worker, args=(f"http://127.0.0.1:{port}/whep/{ROOM}", child),
+                                           daemon=True)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/sessions", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            print("# reference: the stock aiortc server did not start", file=sys.stderr)
+            return None
+        proc.start()
+        parent.send(("add", args.reference_viewers))
+        joined = parent.recv()
+        time.sleep(args.settle)
+        t0, cpu0 = time.monotonic(), _cpu_s(server.pid)
+        parent.send(("count", None))
+        rx0 = parent.recv()
+        time.sleep(args.seconds)
+        t1, cpu1 = time.monotonic(), _cpu_s(server.pid)
+        parent.send(("count", None))
+        rx1 = parent.recv()
+        wall = t1 - t0
+        return {
+            "viewers": joined,
+            "server_cpu_pct": 100 * (cpu1 - cpu0) / wall,
+            "cpu_pct_per_viewer": 100 * (cpu1 - cpu0) / wall / max(1, joined),
+            "received_per_s": (rx1[0] - rx0[0]) / wall,
+            "fps_delivered": (rx1[2] - rx0[2]) / wall / max(1, joined),
+        }
+    finally:
+        try:
+            parent.send(("stop", None))
+            if parent.poll(20):
+                parent.recv()
+        except (OSError, EOFError):
+            pass
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 # -- measurement
@@ -137,6 +206,8 @@ def main() -> int:
     ap.add_argument("--no-fast-send", action="store_true", help="run the room with aiortc's own send loop")
     ap.add_argument("--udp-gso", action="store_true", help="run the room with --udp-gso (one sendmsg per frame)")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up after this many s in total")
+    ap.add_argument("--reference-viewers", type=int, default=2,
+                    help="viewers for the reference row, stock aiortc encoding per viewer on the room's CPU (0: none)")
     ap.add_argument("--pin", action="store_true",
                     help="room on the first CPU, viewers on the others: does one core serve N viewers at full rate?")
     args = ap.parse_args()
@@ -239,6 +310,10 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             room.kill()
 
+    ref = reference(args, room_cpus, env) if args.reference_viewers > 0 else None
+    if ref is not None:
+        print(json.dumps({"reference": {k: round(v, 2) if isinstance(v, float) else v for k, v in ref.items()}}),
+              flush=True)
     load = os.getloadavg()
     print(f"\nroom {args.spec}, {args.seconds:.0f} s windows, load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f} on {os.cpu_count()} CPUs ({cpu_model() or 'CPU model unknown'})"
@@ -252,6 +327,17 @@ def main() -> int:
             f"| {r['received_per_s']:,.0f} | {r['us_per_packet']:.1f} | {r['fps_delivered']:.1f} "
             f"| {r['ticks_skipped']} | {r['steal_pct']:.1f} % | {r['loadavg_1m']:.1f} |"
         )
+    if ref is not None:
+        room_rows = [r for r in rows if r["viewers"]]
+        top = room_rows[-1] if room_rows else None
+        ratio = (f"; the room at {top['viewers']} viewers: {top['room_cpu_pct'] / top['viewers']:.2f} % per viewer, "
+                 f"{ref['cpu_pct_per_viewer'] / (top['room_cpu_pct'] / top['viewers']):.0f}x less") if top else ""
+        print("\nreference, same CPU, same run: stock aiortc (scripts/stock_aiortc_server.py, one encoder per "
+              f"viewer), {ref['viewers']} viewers: {ref['server_cpu_pct']:.0f} % of a core, "
+              f"{ref['cpu_pct_per_viewer']:.1f} % per viewer, {ref['fps_delivered']:.1f} fps delivered, "
+              f"{ref['received_per_s']:,.0f} packets/s received{ratio}")
+    elif args.reference_viewers > 0:
+        print("\nreference: the stock aiortc server did not start (see stderr)")
     return 0
 
 
