@@ -24,10 +24,14 @@ room's 720p VP8 stream; the picture differs from a full decode (luma PSNR: media
 27-31 dB) and the marker still reads on every frame (``tests/test_probe_decode.py``). It is a mode of its own
 in the report.
 
-NACKs are re-sent like a browser does (``NackRetrier``, after libwebrtc's NackRequester): aiortc sends a
-NACK only when a *new* gap appears, so a lost retransmission stays lost until the next loss, stalling the
-jitter buffer for hundreds of ms (the probe then reported freezes under 2 % loss that Chromium, on the same
-stream, did not have). Each missing sequence number is re-requested every 100 ms, at most 10 times.
+NACKs are sent like a browser sends them (``NackRetrier``, after libwebrtc's NackRequester). aiortc sends a
+NACK only when a *new* gap appears, listing every packet still missing: a lost retransmission stayed lost
+until the next loss, stalling the jitter buffer for hundreds of ms (the probe then reported freezes under
+2 % loss that Chromium, on the same stream, did not have), and under heavy loss every new gap re-requested
+all older ones, far more often than a browser does (at 10 % loss the probe recovered packets whose
+retransmission was lost twice before they froze the picture, where Chromium froze; docs/fidelity.md).
+So a new gap's NACK carries only the newly missing packets, and each missing sequence number is
+re-requested every 100 ms, at most 10 times.
 REMB is throttled like libwebrtc's ``RembThrottler`` (``RembThrottle``): aiortc sends one REMB for every
 packet while its overuse detector says "overusing", which a busy probe host triggers by itself (a fleet of
 30 probes in one process sent ~35 REMB per second each), telling the SFU to cut the bitrate of a stream
@@ -106,6 +110,13 @@ class NackRetrier:
         """aiortc sent its (first) NACK for ``seqs`` at ``now_ms``; the retry clock starts there."""
         for seq in seqs:
             self._state.setdefault(seq, (now_ms, 0))
+
+    def fresh(self, seqs: list[int]) -> list[int]:
+        """Those of ``seqs`` never NACKed yet. aiortc's NACK on a new gap lists every packet still missing;
+        libwebrtc's lists only the newly missing ones (``NackRequester``'s sequence-number batch) and
+        re-requests the others on their own timer (here ``due``), so only these go out."""
+        state = self._state
+        return [seq for seq in seqs if seq not in state]
 
     def due(self, missing: set[int], now_ms: float) -> list[int]:
         """Sequence numbers to NACK again now; forgets those no longer missing or out of retries."""
@@ -405,6 +416,8 @@ class ReceiverTap:
         self.media_ssrc: int | None = None
         self.remb = RembThrottle()
         self.nacks = NackRetrier()
+        self._retries: set[int] = set()
+        """ids of the NACK packets ``_resend_nacks`` is sending (re-requests pass ``on_rtcp`` unfiltered)."""
         self._payload_types: dict[int, tuple[bool, int]] = {}  # negotiated payload type -> (is RTX, clock rate)
 
     def install(self) -> None:
@@ -485,8 +498,14 @@ class ReceiverTap:
             # new gap's first NACK is noted by ``on_rtcp``, so its first retry is still on time)
             await asyncio.sleep(NACK_RETRY_MS / (4000.0 if generator.missing else 1000.0))
             again = retrier.due(generator.missing, self.now_ms())
-            if again and self.media_ssrc is not None:
-                await self.receiver._send_rtcp_nack(self.media_ssrc, again)
+            rtcp_ssrc = getattr(self.receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+            if again and self.media_ssrc is not None and rtcp_ssrc is not None:
+                packet = RtcpRtpfbPacket(RTCP_RTPFB_NACK, rtcp_ssrc, self.media_ssrc, lost=again)
+                self._retries.add(id(packet))  # on_rtcp lets a re-request through whole
+                try:
+                    await self.receiver._send_rtcp(packet)
+                finally:
+                    self._retries.discard(id(packet))
 
     def on_rtcp(self, packet: Any) -> bool:
         """Count an outgoing RTCP packet; False if it is a REMB the throttle holds back."""
@@ -497,6 +516,12 @@ class ReceiverTap:
                 return True
             return self.remb.allow(bitrate, self.now_ms())
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            if id(packet) in self._retries:
+                self._retries.discard(id(packet))
+            else:  # aiortc's NACK on a new gap: only the packets not requested before (``NackRetrier.fresh``)
+                packet.lost = self.nacks.fresh(packet.lost)
+                if not packet.lost:
+                    return False
             self.nacks.nacked(packet.lost, self.now_ms())
             c = self.counters.get(packet.media_ssrc)
             if c is not None:

@@ -371,3 +371,49 @@ async def test_fused_handler_does_what_the_coroutine_pair_does(kind: str, monkey
     assert len(assembled) > (300 if kind == "video" else 400)
     if kind == "video":
         assert len(shown) > 300 and len(rtcp) > 20  # NACKs, PLIs and REMBs were compared
+
+
+# --- what the probe's NACKs ask for (probe/tap.py, NackRetrier) ------------------------------------------
+async def test_a_new_gaps_nack_lists_only_the_newly_missing_packets_like_libwebrtc(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiortc NACKs every packet still missing whenever a new gap appears; libwebrtc's NackRequester NACKs
+    only the new ones and re-requests older ones on their own timer (every 100 ms without an RTT). Under
+    heavy loss aiortc's way recovered twice-lost retransmissions faster than Chromium does, and the probe
+    missed freezes Chromium had (docs/fidelity.md). The probe now asks as libwebrtc does."""
+    import asyncio
+
+    from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket
+
+    from probe.fastrecv import NTP_EPOCH_MS
+    from probe.tap import NACK_RETRY_MS
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0] / 1000.0)
+    r, transport, _ = await _tapped_receiver("video", clock, [], [])
+    seq0 = 1000
+
+    async def receive(ks: range, skip: set[int]) -> None:
+        for k in ks:
+            if k in skip:
+                continue
+            p = RtpPacket(payload_type=VIDEO_PT, sequence_number=seq0 + k, timestamp=3000 * (k // 3),
+                          ssrc=VIDEO_SSRC, payload=b"\x41" + bytes(50))
+            await r._handle_rtp_packet(p, arrival_time_ms=int(NTP_EPOCH_MS + clock[0]))
+
+    def nacks() -> list[list[int]]:
+        return [p.lost for data in transport.sent for p in RtcpPacket.parse(data)
+                if isinstance(p, RtcpRtpfbPacket) and p.fmt == RTCP_RTPFB_NACK]
+
+    try:
+        await receive(range(0, 30), skip={10, 20})
+        assert nacks() == [[seq0 + 10], [seq0 + 20]]  # aiortc alone: [[1010], [1010, 1020]]
+        clock[0] += NACK_RETRY_MS  # both are due again: one re-request for both
+        for _ in range(40):
+            await asyncio.sleep(0.01)
+            if len(nacks()) > 2:
+                break
+        assert nacks()[2:] == [[seq0 + 10, seq0 + 20]]
+        await receive(range(30, 40), skip={35})  # a third gap: only 1035, though 1010 and 1020 are still missing
+        assert nacks()[3:] == [[seq0 + 35]]
+    finally:
+        await r.stop()  # also ends the tap's re-request task
