@@ -71,6 +71,38 @@ def _cpu_ticks(cpu: int | None) -> tuple[int, int]:
     return 0, 0
 
 
+def _wait_http(url: str, tries: int = 100) -> bool:
+    """True once ``url`` answers (tries every 0.1 s)."""
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def _stop_worker(proc: Any, pipe: Connection) -> None:
+    """Ask a viewer worker to leave its sessions and end; kill it if it does not."""
+    try:
+        pipe.send(("stop", None))
+        if pipe.poll(20):
+            pipe.recv()
+    except (OSError, EOFError):
+        pass
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+
+
+def _stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def _truth(base: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{base}/rooms/{ROOM}/truth", timeout=30) as resp:
         data: dict[str, Any] = json.load(resp)
@@ -134,13 +166,7 @@ def reference(args: argparse.Namespace, cpus: set[int] | None, env: dict[str, st
     proc = mp.get_context("spawn").Process(target=_worker, args=(f"http://127.0.0.1:{port}/whep/{ROOM}", child),
                                            daemon=True)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/sessions", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        if not _wait_http(f"http://127.0.0.1:{port}/sessions"):
             print("# reference: the stock aiortc server did not start", file=sys.stderr)
             return None
         proc.start()
@@ -163,20 +189,9 @@ def reference(args: argparse.Namespace, cpus: set[int] | None, env: dict[str, st
             "fps_delivered": (rx1[2] - rx0[2]) / wall / max(1, joined),
         }
     finally:
-        try:
-            parent.send(("stop", None))
-            if parent.poll(20):
-                parent.recv()
-        except (OSError, EOFError):
-            pass
-        proc.join(5)
         if proc.is_alive():
-            proc.kill()
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            _stop_worker(proc, parent)
+        _stop_server(server)
 
 
 # -- measurement
@@ -237,13 +252,7 @@ def main() -> int:
     workers: list[tuple[Any, Connection]] = []
     rows = []
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/rooms", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        if not _wait_http(f"{base}/rooms"):
             raise SystemExit("the room did not start")
         for _ in range(args.workers):
             parent, child = ctx.Pipe()
@@ -295,20 +304,8 @@ def main() -> int:
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     finally:
         for proc, pipe in workers:
-            try:
-                pipe.send(("stop", None))
-                if pipe.poll(20):
-                    pipe.recv()
-            except (OSError, EOFError):
-                pass
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-        room.terminate()
-        try:
-            room.wait(10)
-        except subprocess.TimeoutExpired:
-            room.kill()
+            _stop_worker(proc, pipe)
+        _stop_server(room)
 
     ref = reference(args, room_cpus, env) if args.reference_viewers > 0 else None
     if ref is not None:
