@@ -286,6 +286,9 @@ class SharedVideoEncoder(SharedSource):
         self.keyframe_interval_s = keyframe_interval_s
         self._pattern = TestPattern(rendition.width, rendition.height)
         self._ctx = open_video_codec(codec, rendition, threads)
+        self._codec_pts = 0
+        """The pts the codec is given: ``_codec_pts_step`` more for each frame encoded (``_draw_and_encode``)."""
+        self._codec_pts_step = round(VIDEO_TIME_BASE.denominator / rendition.fps)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"enc-{self.name}")
         self._force_keyframe = False
         self._picture_id = random.randint(0, (1 << 15) - 1)  # VP8 payload descriptor, shared by all viewers
@@ -371,7 +374,13 @@ class SharedVideoEncoder(SharedSource):
 
     def _draw_and_encode(self, tick: int, capture_ms: int, pts: int, force: bool) -> EncodedFrame | None:
         picture = self._pattern.frame(tick, Marker(seq=tick % 2**32, capture_ms=capture_ms))
-        picture.pts = pts
+        # The codec sees one frame interval between frames, even after skipped ticks; the packet keeps the
+        # tick's pts (RTP time, so a viewer sees the gap). libvpx sizes frames from the pts gaps and, given
+        # the ticks' gaps, overshot: 2,579 / 2,557 kbps for 1,500 with 10 / 25 % of ticks skipped (720p,
+        # 600 ticks), so a late room sent more and fell further behind (200 viewers: 2,137 kbps, 22.8 fps).
+        # Now a late room sends less, as x264 did already (1,220 / 970 kbps).
+        picture.pts = self._codec_pts
+        self._codec_pts += self._codec_pts_step
         picture.time_base = VIDEO_TIME_BASE
         picture.pict_type = av.video.frame.PictureType.I if force else av.video.frame.PictureType.NONE
         packets = self._ctx.encode(picture)

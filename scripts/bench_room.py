@@ -205,6 +205,8 @@ def _totals(truth: dict[str, Any]) -> dict[str, float]:
         "frames": sum(v["frames_sent"] for v in active),
         "encode_cpu_s": (enc["encode_cpu_ms_avg"] or 0) * enc["frames_encoded"] / 1000,
         "frames_encoded": enc["frames_encoded"],
+        "bytes_encoded": enc["bytes_encoded"],
+        "keyframes": enc["keyframes"],
         "ticks_skipped": enc["ticks_skipped"],
         "direct": sum(v["send_path"] == "direct" for v in active),
         "active": len(active),
@@ -294,6 +296,8 @@ def main() -> int:
                 "us_per_packet": 1e6 * (room_cpu - encode_cpu) / packets if packets else float("nan"),
                 "fps_delivered": (truth1["frames"] - truth0["frames"]) / wall / max(1, truth1["active"]),
                 "fps_encoded": (truth1["frames_encoded"] - truth0["frames_encoded"]) / wall,
+                "kbps_encoded": 8 * (truth1["bytes_encoded"] - truth0["bytes_encoded"]) / wall / 1000,
+                "keyframes": truth1["keyframes"] - truth0["keyframes"],
                 "ticks_skipped": truth1["ticks_skipped"] - truth0["ticks_skipped"],
                 "viewer_procs_cpu_pct": 100 * viewers_cpu / wall,
                 "loadavg_1m": os.getloadavg()[0],
@@ -316,13 +320,14 @@ def main() -> int:
           f"{load[2]:.2f} on {os.cpu_count()} CPUs ({cpu_model() or 'CPU model unknown'})"
           + (f"; room pinned to CPU {sorted(room_cpus)}, viewers on the others" if room_cpus else "") + "\n")
     print("| viewers | room CPU | encode CPU | packets/s sent | received/s | µs/packet (excl. encode) | fps delivered "
-          "| ticks skipped | steal | load 1m |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| ticks skipped | kbps encoded | keyframes | steal | load 1m |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['viewers']} | {r['room_cpu_pct']:.0f} % | {r['encode_cpu_pct']:.0f} % | {r['packets_per_s']:,.0f} "
             f"| {r['received_per_s']:,.0f} | {r['us_per_packet']:.1f} | {r['fps_delivered']:.1f} "
-            f"| {r['ticks_skipped']} | {r['steal_pct']:.1f} % | {r['loadavg_1m']:.1f} |"
+            f"| {r['ticks_skipped']} | {r['kbps_encoded']:,.0f} | {r['keyframes']} | {r['steal_pct']:.1f} % "
+            f"| {r['loadavg_1m']:.1f} |"
         )
     if ref is not None:
         room_rows = [r for r in rows if r["viewers"]]

@@ -45,3 +45,29 @@ def test_room_encoder_holds_its_configured_bitrate_from_the_start(codec: str, wi
     early, late = sum(seconds[:2]) / 2, sum(seconds[2:]) / 3  # 0-2 s (with the keyframe), 2-5 s
     assert abs(early - kbps) <= TOLERANCE * kbps, (early, seconds)
     assert abs(late - kbps) <= TOLERANCE * kbps, (late, seconds)
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+def test_a_late_rooms_encoder_does_not_send_more_than_its_bitrate(codec: str) -> None:
+    """When the room runs late it skips ticks (the viewer sees the gap in RTP time). The codec must not
+    answer a skipped tick with bigger frames: libvpx, given the ticks' pts, sent 2,557 kbps for 1,500 with
+    25 % of ticks skipped, so a late room sent more and fell further behind (200 viewers: 22.8 fps)."""
+    import random
+
+    from room.encoder import SharedVideoEncoder
+
+    enc = SharedVideoEncoder("t", codec, Rendition("720p", 1280, 720, 30, 1500), keyframe_interval_s=4, epoch=0.0)
+    rng = random.Random(1)
+    tick, frames, pts_seen = 0, 0, []
+    while tick < 300:  # 10 s of ticks, a quarter of them skipped in runs of 1-3
+        if tick > 0 and rng.random() < 0.25:
+            tick += rng.choice([1, 2, 3])
+            continue
+        frame = enc._draw_and_encode(tick, 1_700_000_000_000 + tick * 33, tick * 3000, force=tick == 0)
+        assert frame is not None
+        pts_seen.append(frame.packet.pts)
+        frames += 1
+        tick += 1
+    kbps = enc.bytes_encoded * 8 / 10 / 1000
+    assert kbps <= 1500 * (1 + TOLERANCE), kbps
+    assert frames < 260 and pts_seen[-1] > (frames - 1) * 3000  # ticks were skipped, and the packets' pts show it
