@@ -136,6 +136,11 @@ class NackRetrier:
         return sorted(out)
 
 
+class _ReNack(RtcpRtpfbPacket):
+    """A NACK ``NackRetrier`` re-requests (``ReceiverTap._resend_nacks``): ``on_rtcp`` lets it through whole.
+    The same bytes on the wire as any NACK."""
+
+
 REMB_INTERVAL_MS = 200.0
 """libwebrtc's ``kRembSendInterval``."""
 REMB_DROP_FACTOR = 1.03
@@ -416,8 +421,6 @@ class ReceiverTap:
         self.media_ssrc: int | None = None
         self.remb = RembThrottle()
         self.nacks = NackRetrier()
-        self._retries: set[int] = set()
-        """ids of the NACK packets ``_resend_nacks`` is sending (re-requests pass ``on_rtcp`` unfiltered)."""
         self._payload_types: dict[int, tuple[bool, int]] = {}  # negotiated payload type -> (is RTX, clock rate)
 
     def install(self) -> None:
@@ -500,12 +503,7 @@ class ReceiverTap:
             again = retrier.due(generator.missing, self.now_ms())
             rtcp_ssrc = getattr(self.receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
             if again and self.media_ssrc is not None and rtcp_ssrc is not None:
-                packet = RtcpRtpfbPacket(RTCP_RTPFB_NACK, rtcp_ssrc, self.media_ssrc, lost=again)
-                self._retries.add(id(packet))  # on_rtcp lets a re-request through whole
-                try:
-                    await self.receiver._send_rtcp(packet)
-                finally:
-                    self._retries.discard(id(packet))
+                await self.receiver._send_rtcp(_ReNack(RTCP_RTPFB_NACK, rtcp_ssrc, self.media_ssrc, lost=again))
 
     def on_rtcp(self, packet: Any) -> bool:
         """Count an outgoing RTCP packet; False if it is a REMB the throttle holds back."""
@@ -516,9 +514,7 @@ class ReceiverTap:
                 return True
             return self.remb.allow(bitrate, self.now_ms())
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-            if id(packet) in self._retries:
-                self._retries.discard(id(packet))
-            else:  # aiortc's NACK on a new gap: only the packets not requested before (``NackRetrier.fresh``)
+            if not isinstance(packet, _ReNack):  # aiortc's NACK on a new gap: only what was never requested
                 packet.lost = self.nacks.fresh(packet.lost)
                 if not packet.lost:
                     return False

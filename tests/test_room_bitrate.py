@@ -9,12 +9,14 @@ on this pattern (668 kbps over 2-5 s at 720p for 1500), and libvpx's fastest spe
 
 from __future__ import annotations
 
+import random
+
 import av
 import pytest
 
 from probe.marker import Marker
 from room.config import Rendition
-from room.encoder import VIDEO_TIME_BASE, open_video_codec
+from room.encoder import VIDEO_TIME_BASE, SharedVideoEncoder, open_video_codec
 from room.pattern import TestPattern
 
 TOLERANCE = 0.12
@@ -52,10 +54,6 @@ def test_a_late_rooms_encoder_does_not_send_more_than_its_bitrate(codec: str) ->
     """When the room runs late it skips ticks (the viewer sees the gap in RTP time). The codec must not
     answer a skipped tick with bigger frames: libvpx, given the ticks' pts, sent 2,557 kbps for 1,500 with
     25 % of ticks skipped, so a late room sent more and fell further behind (200 viewers: 22.8 fps)."""
-    import random
-
-    from room.encoder import SharedVideoEncoder
-
     enc = SharedVideoEncoder("t", codec, Rendition("720p", 1280, 720, 30, 1500), keyframe_interval_s=4, epoch=0.0)
     rng = random.Random(1)
     tick, frames, pts_seen = 0, 0, []
